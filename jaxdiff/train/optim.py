@@ -1,0 +1,62 @@
+"""Optimizers and the parameter EMA, as pure functions of the step."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def learning_rate_schedule(optim_config):
+  """Constant LR with an optional linear warm-up (EDM: lr * min(nimg / 10 Mimg, 1))."""
+  lr, warmup = optim_config.lr, int(optim_config.warmup_steps)
+  if warmup <= 0:
+    return lr
+  return lambda step: lr * jnp.minimum((step + 1) / warmup, 1.0)
+
+
+def make_optimizer(optim_config) -> optax.GradientTransformation:
+  lr = learning_rate_schedule(optim_config)
+  name = optim_config.name
+  if name == "adam":
+    tx = optax.adam(lr, b1=optim_config.b1, b2=optim_config.b2, eps=optim_config.eps)
+  elif name == "radam":
+    tx = optax.radam(lr, b1=optim_config.b1, b2=optim_config.b2, eps=optim_config.eps)
+  elif name == "adamw":
+    tx = optax.adamw(lr, b1=optim_config.b1, b2=optim_config.b2, eps=optim_config.eps,
+                     weight_decay=optim_config.weight_decay)
+  else:
+    raise ValueError(f"config.optim.name={name!r}; choose one of ('adam', 'radam', 'adamw').")
+  if optim_config.grad_clip > 0:
+    tx = optax.chain(optax.clip_by_global_norm(optim_config.grad_clip), tx)
+  return tx
+
+
+def ema_decay(step, ema_config, global_batch_size: int):
+  """EMA decay of the step's update.
+
+  `halflife` is EDM's rule: the half-life in images, ramped up as
+  min(halflife, rampup_ratio * images seen so far); beta = 0.5 ** (batch / halflife).
+  At step 0 the EMA therefore equals the first updated parameters.
+  """
+  if ema_config.kind == "constant":
+    return jnp.asarray(ema_config.decay, jnp.float32)
+  halflife = jnp.asarray(ema_config.halflife_kimg * 1000.0, jnp.float32)
+  if ema_config.rampup_ratio:
+    seen = jnp.asarray(step, jnp.float32) * global_batch_size
+    halflife = jnp.minimum(halflife, seen * ema_config.rampup_ratio)
+  return 0.5 ** (global_batch_size / jnp.maximum(halflife, 1e-8))
+
+
+def ema_update(ema_params, params, decay):
+  return jax.tree.map(lambda e, p: (e * decay + p * (1.0 - decay)).astype(e.dtype),
+                      ema_params, params)
+
+
+def all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def zero_nonfinite(grads):
+  """EDM's guard: NaN -> 0 and +-inf clamped to +-1e5."""
+  return jax.tree.map(lambda g: jnp.nan_to_num(g, nan=0.0, posinf=1e5, neginf=-1e5), grads)
