@@ -1,0 +1,113 @@
+"""Denoiser networks: EDM's SongUNet (DDPM++ / NCSN++) and a toy-data MLP.
+
+``build_model(config.model, image_shape=..., num_classes=...)`` returns a Flax Linen module
+called as ``apply({'params': p}, x, noise_labels, class_labels=None, augment_labels=None,
+train=False, rngs={'dropout': key})``, returning the raw ``F`` with x's shape and dtype.
+Parameters carry logical axis names (``layers.LOGICAL_AXIS_NAMES``; see ``layers``).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdiff.models.layers import LOGICAL_AXIS_NAMES
+from jaxdiff.models.mlp import MLPDenoiser
+from jaxdiff.models.unet import SongUNet, UNetBlock
+
+MODEL_NAMES = ('ddpmpp', 'ncsnpp', 'mlp')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+# The architectural choices that the recipe name fixes (EDM train.py --arch).
+_SONG_UNET_VARIANTS = {
+    'ddpmpp': dict(embedding_type='positional', channel_mult_noise=1,
+                   encoder_type='standard', decoder_type='standard', resample_filter=(1, 1)),
+    'ncsnpp': dict(embedding_type='fourier', channel_mult_noise=2,
+                   encoder_type='residual', decoder_type='standard',
+                   resample_filter=(1, 3, 3, 1)),
+}
+
+# Used where model_config lacks a key: EDM's CIFAR-10 recipe (train.py, --arch=ddpmpp).
+_DEFAULTS = dict(model_channels=128, channel_mult=(2, 2, 2), channel_mult_emb=4, num_blocks=4,
+                 attn_resolutions=(16,), dropout=0.13, label_dropout=0.0, augment_dim=0,
+                 dtype='float32', hidden_dim=128, num_layers=3)
+
+
+def _get(model_config: Mapping[str, Any], key: str):
+  return model_config.get(key, _DEFAULTS[key]) if key in _DEFAULTS else model_config[key]
+
+
+def _check_probability(key: str, value: float) -> float:
+  if not 0.0 <= float(value) < 1.0:
+    raise ValueError(f'model.{key}={value!r} must be in [0, 1)')
+  return float(value)
+
+
+def build_model(model_config, *, image_shape, num_classes: int = 0) -> nn.Module:
+  """The denoiser named by ``model_config.name``.
+
+  Args:
+    model_config: ConfigDict (or mapping) with ``name`` in ``MODEL_NAMES`` and the keys
+      model_channels, channel_mult, channel_mult_emb, num_blocks, attn_resolutions, dropout,
+      label_dropout, augment_dim, dtype ('float32' | 'bfloat16'); for 'mlp': hidden_dim,
+      num_layers. Missing keys take EDM's CIFAR-10 values. 'ddpmpp' / 'ncsnpp' fix the
+      embedding, encoder/decoder and resampling filter as in EDM.
+    image_shape: (H, W, C) for the UNets, (D,) for 'mlp'.
+    num_classes: label dimension; 0 for an unconditional model.
+
+  Raises:
+    ValueError: naming the offending key and value, and the allowed values.
+  """
+  name = model_config.get('name', None)
+  if name not in MODEL_NAMES:
+    raise ValueError(f'model.name={name!r} is not one of {MODEL_NAMES}')
+  dtype_name = _get(model_config, 'dtype')
+  if dtype_name not in DTYPES:
+    raise ValueError(f'model.dtype={dtype_name!r} is not one of {tuple(DTYPES)}')
+  image_shape = tuple(int(s) for s in image_shape)
+  common = dict(
+      label_dim=int(num_classes),
+      augment_dim=int(_get(model_config, 'augment_dim')),
+      dropout=_check_probability('dropout', _get(model_config, 'dropout')),
+      label_dropout=_check_probability('label_dropout', _get(model_config, 'label_dropout')),
+      dtype=DTYPES[dtype_name])
+
+  if name == 'mlp':
+    if len(image_shape) != 1:
+      raise ValueError(f"model.name='mlp' needs a data shape (D,); got {image_shape}")
+    return MLPDenoiser(out_dim=image_shape[0],
+                       hidden_dim=int(_get(model_config, 'hidden_dim')),
+                       num_layers=int(_get(model_config, 'num_layers')), **common)
+
+  if len(image_shape) != 3 or image_shape[0] != image_shape[1]:
+    raise ValueError(f'model.name={name!r} needs a square image shape (H, W, C); '
+                     f'got {image_shape}')
+  channel_mult = tuple(int(m) for m in _get(model_config, 'channel_mult'))
+  if not channel_mult:
+    raise ValueError('model.channel_mult must hold at least one multiplier')
+  factor = 2 ** (len(channel_mult) - 1)
+  if image_shape[0] % factor:
+    raise ValueError(
+        f'image resolution {image_shape[0]} is not divisible by 2**(len(channel_mult)-1) = '
+        f'{factor} (model.channel_mult={channel_mult}); use a resolution divisible by '
+        f'{factor} or fewer levels')
+  return SongUNet(
+      out_channels=image_shape[2],
+      model_channels=int(_get(model_config, 'model_channels')),
+      channel_mult=channel_mult,
+      channel_mult_emb=int(_get(model_config, 'channel_mult_emb')),
+      num_blocks=int(_get(model_config, 'num_blocks')),
+      attn_resolutions=tuple(int(r) for r in _get(model_config, 'attn_resolutions')),
+      **_SONG_UNET_VARIANTS[name], **common)
+
+
+def count_params(params) -> int:
+  """Number of scalars in a parameter tree (arrays, ShapeDtypeStructs or Partitioned boxes)."""
+  return int(sum(np.prod(leaf.shape, dtype=np.int64) for leaf in jax.tree.leaves(params)))
+
+
+__all__ = ['MODEL_NAMES', 'LOGICAL_AXIS_NAMES', 'build_model', 'count_params', 'SongUNet',
+           'UNetBlock', 'MLPDenoiser']
