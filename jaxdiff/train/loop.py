@@ -68,7 +68,8 @@ class Experiment:
     self.objective = self.objective_for(None)
 
     init = step_lib.make_init_fn(self.model, self.tx, self.objective, self.example_shape,
-                                 self.num_classes, int(config.model.augment_dim), config.seed)
+                                 self.num_classes, int(config.model.augment_dim), config.seed,
+                                 config.rng_impl)
     abstract = jax.eval_shape(init)
     self.state_sharding = parallel.state_shardings(abstract, self.mesh)
     self.abstract_state = jax.tree.map(

@@ -13,7 +13,7 @@ class TrainState:
   params: Any
   ema_params: Any             # EDM-style EMA of params, sharded like params
   opt_state: Any
-  rng: jax.Array              # base key data (uint32[2]); each step folds in `step`
+  rng: jax.Array              # raw base key data (config.rng_impl); each step folds in `step`
   aux: Any                    # objective state: teacher, discriminator, ADA p, ...
   nonfinite_steps: jax.Array  # int32: total updates skipped for non-finite gradients
   nonfinite_streak: jax.Array  # int32: skipped in a row (the run stops past a limit)

@@ -36,15 +36,15 @@ def init_params(model: nn.Module, key: jax.Array, example_shape, num_classes: in
 
 
 def make_init_fn(model, tx, objective: base.Objective, example_shape, num_classes, augment_dim,
-                 seed: int) -> Callable[[], TrainState]:
+                 seed: int, rng_impl: str = "rbg") -> Callable[[], TrainState]:
   def init() -> TrainState:
-    key = jax.random.PRNGKey(seed)
+    key = jax.random.key(seed, impl=rng_impl)
     params = init_params(model, jax.random.fold_in(key, 1), example_shape, num_classes,
                          augment_dim)
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params,
         ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params),
-        rng=jax.random.fold_in(key, 2), aux=objective.init_aux(params),
+        rng=jax.random.key_data(jax.random.fold_in(key, 2)), aux=objective.init_aux(params),
         nonfinite_steps=jnp.zeros((), jnp.int32), nonfinite_streak=jnp.zeros((), jnp.int32))
   return init
 
@@ -75,9 +75,11 @@ def make_train_step(objective: base.Objective, tx: optax.GradientTransformation,
   """The pure update: (state, batch) -> (state, metrics)."""
   batch_size = config.data.batch_size
   policy = config.optim.nonfinite
+  rng_impl = config.rng_impl
 
   def train_step(state: TrainState, batch: dict):
-    key = jax.random.fold_in(state.rng, state.step)
+    # The step's randomness is a function of (seed, step) only: exact resume.
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng, impl=rng_impl), state.step)
 
     def loss_fn(params):
       return objective.loss(params, state.aux, batch, key, state.step)
