@@ -101,6 +101,18 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.curriculum = default_curriculum_config()
 
+  # A workdir of a finished run whose (EMA) weights initialise this one, e.g.
+  # ECT/SCT tuning a pretrained EDM model. Empty: random initialisation.
+  c.init_from = ""
+
+  # Method-specific sections. Each block is owned by its objective module.
+  # ---- STF (jaxdiff/objectives/stf.py)
+  c.stf = ml_collections.ConfigDict()
+  # ---- CT / iCT / ECT / SCT (jaxdiff/objectives/consistency.py)
+  c.consistency = ml_collections.ConfigDict()
+  # ---- ACT (jaxdiff/objectives/act.py)
+  c.act = ml_collections.ConfigDict()
+
   c.sample = ml_collections.ConfigDict()
   c.sample.kind = "edm"
   c.sample.num_steps = 18

@@ -1,0 +1,25 @@
+"""Diffusion math shared by every objective and sampler (spec sections 1.2-1.5).
+
+Public API (api.md): `edm_precond`, `cm_precond`, `edm_loss_weight`,
+`karras_sigmas`. Also `denoise` (the preconditioned denoiser around a raw
+network) and the lognormal noise distribution helpers.
+"""
+from jaxdiff.diffusion.noise import lognormal_cdf
+from jaxdiff.diffusion.noise import lognormal_quantile
+from jaxdiff.diffusion.noise import lognormal_sigma
+from jaxdiff.diffusion.precond import cm_precond
+from jaxdiff.diffusion.precond import denoise
+from jaxdiff.diffusion.precond import edm_loss_weight
+from jaxdiff.diffusion.precond import edm_precond
+from jaxdiff.diffusion.precond import karras_sigmas
+
+__all__ = [
+    "cm_precond",
+    "denoise",
+    "edm_loss_weight",
+    "edm_precond",
+    "karras_sigmas",
+    "lognormal_cdf",
+    "lognormal_quantile",
+    "lognormal_sigma",
+]
