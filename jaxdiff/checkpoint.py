@@ -50,31 +50,52 @@ class Checkpointer:
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
+  def restore_step(self, step: int, abstract_state):
+    """(state, host, step) of one given checkpoint (errors propagate: the caller asked for it)."""
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                      host=ocp.args.JsonRestore()))
+    return restored["state"], dict(restored["host"] or {}), step
+
   def restore_latest(self, abstract_state):
-    """(state, host, step) of the newest loadable checkpoint, or None if there is none."""
+    """(state, host, step) of the newest loadable checkpoint, or None if there is none.
+
+    Data files of an orbax (OCDBT) checkpoint carry checksums, so a truncated or
+    bit-flipped file fails here instead of restoring wrong numbers.
+    """
     for step in reversed(self.all_steps()):
+      error = None
       try:
         restored = self._manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                           host=ocp.args.JsonRestore()))
-        return restored["state"], dict(restored["host"] or {}), step
       except Exception as e:  # noqa: BLE001 - any failure to load means "unusable"
-        aside = self._move_aside(step)
-        logging.warning(
-            "Checkpoint at step %d in %s could not be restored (%s: %s). It was moved to %s "
-            "and the previous checkpoint is tried instead.", step, self.directory,
-            type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "", aside)
-        print(f"WARNING: checkpoint step {step} is unreadable ({type(e).__name__}); moved to "
-              f"{aside}; falling back to an earlier checkpoint.", flush=True)
+        error = e
+      # All processes must resume from the same step: one failure fails it for all.
+      if _all_processes_ok(error is None):
+        return restored["state"], dict(restored["host"] or {}), step
+      reason = (f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
+                if error is not None else "unreadable on another process")
+      aside = self._move_aside(step)
+      older = [s for s in self.all_steps() if s < step]
+      fallback = f"falling back to step {older[-1]}" if older else "no older checkpoint: starting fresh"
+      logging.warning("Checkpoint at step %d in %s could not be restored (%s). It was moved to %s; "
+                      "%s.", step, self.directory, reason, aside, fallback)
+      if jax.process_index() == 0:
+        print(f"WARNING: checkpoint step {step} is unreadable ({reason}); moved to {aside}; "
+              f"{fallback}.", flush=True)
     return None
 
   def _move_aside(self, step: int) -> str:
+    """Renames a bad checkpoint to corrupt-<step>/ (kept for inspection, never deleted)."""
     src = os.path.join(str(self.directory), str(step))
     dst = os.path.join(str(self.directory), f"corrupt-{step}")
+    _sync("jaxdiff_ckpt_move_aside_start")
     if jax.process_index() == 0 and os.path.exists(src):
       if os.path.exists(dst):
         shutil.rmtree(dst)
       shutil.move(src, dst)
+    _sync("jaxdiff_ckpt_move_aside_done")
     self._manager.reload()
     return dst
 
@@ -84,3 +105,18 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def _all_processes_ok(ok: bool) -> bool:
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils
+  import numpy as np
+  flags = multihost_utils.process_allgather(np.asarray([int(ok)], np.int32))
+  return bool(np.all(flags))

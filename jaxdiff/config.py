@@ -45,6 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_classes = 0         # 0: unconditional
   c.data.batch_size = 64         # global batch, over all processes and devices
   c.data.random_flip = False
+  c.data.prefetch = 2            # batches prepared ahead in a background thread; 0: off
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "ddpmpp"
@@ -98,6 +99,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1               # -1: fill with the remaining devices
   c.mesh.fsdp = 1
+  # Multi-slice: sizes across slices (DCN; processes where devices have no
+  # slice_index); mesh.data/fsdp are then per slice. 1, 1: one slice.
+  c.mesh.dcn_data = 1
+  c.mesh.dcn_fsdp = 1
 
   c.curriculum = default_curriculum_config()
 
@@ -106,10 +111,75 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from = ""
 
   # Method-specific sections. Each block is owned by its objective module.
-  # ---- STF (jaxdiff/objectives/stf.py)
+  # ---- STF (jaxdiff/objectives/stf.py, stf_objective.py), used when objective.name == "stf"
   c.stf = ml_collections.ConfigDict()
-  # ---- CT / iCT / ECT / SCT (jaxdiff/objectives/consistency.py)
+  # n, the size of the reference set each sample's weights are normalised over,
+  # counting the minibatch images it contains (official `--rbatch`: 4096 in
+  # train.py, 1024 for the published models). per_device: per device, as the
+  # official per-GPU rbatch; global: over the whole mesh.
+  c.stf.reference_size = 4096
+  # "per_device" (official): each device's own batch shard + reference draws.
+  # "global": one reference set sharded over the batch axes, normalised globally.
+  c.stf.mode = "per_device"
+  # Class-conditional data: only same-label references count (spec §3.6.4).
+  c.stf.restrict_labels = True
+  # ---- CT / iCT / ECT / SCT (jaxdiff/objectives/consistency.py), objective.name in
+  # ct | ict | ect | sct. "auto" values resolve per method to the official defaults.
   c.consistency = ml_collections.ConfigDict()
+  # Karras grid of CT/iCT; sigma_min is also the CM boundary of CT/iCT.
+  c.consistency.sigma_min = 0.002
+  c.consistency.sigma_max = 80.0
+  c.consistency.rho = 7.0
+  # Coefficients in training: "cm" (boundary at sigma_min), "edm" (boundary at 0), "auto":
+  # cm for ct/ict, edm for ect/sct (locuslab/ect ECMPrecond in training mode).
+  c.consistency.train_precond = "auto"
+  # CM boundary used for sampling; 0: auto (ct/ict: sigma_min; ect/sct: 0.003, ECT's eval).
+  c.consistency.sample_sigma_min = 0.0
+  # Distance: l1 / l2 (CT-JAX: mean over pixels), pseudo_huber (sqrt(||d||^2 + c^2) - c,
+  # iCT/ECT), lpips (needs user-supplied VGG weights in lpips_weights; not implemented).
+  # auto: ct l2; ict/ect/sct pseudo_huber.
+  c.consistency.metric = "auto"
+  # Pseudo-Huber c; < 0: auto (ict: 0.00054 sqrt(d); ect/sct: 0.0, ECT's CIFAR-10 value).
+  c.consistency.huber_c = -1.0
+  c.consistency.lpips_weights = ""
+  # lambda(t, r): uniform | snr | snrp1 | truncated_snr | ict | ect | edm; auto: ct uniform,
+  # ict 1/(t-r), ect/sct 1/(t-r) (ECT CIFAR-10; ImageNet-64 uses edm = ECT's 'snrpk').
+  c.consistency.weighting = "auto"
+  # K of CT's N(k)/mu(k) and of iCT's doubling period; 0: train.num_steps.
+  c.consistency.schedule_steps = 0
+  c.consistency.ct_s0 = 2
+  c.consistency.ct_s1 = 150
+  c.consistency.ct_mu0 = 0.9
+  c.consistency.ict_s0 = 10
+  c.consistency.ict_s1 = 1280
+  # ECT / SCT: r = ect_r(t, stage; q, k, b, mapping), stage = step // stage_steps (from 0;
+  # CIFAR-10: 250 ticks x 12.8 kimg / batch 128 = 25k). smooth_stage: fractional stage
+  # step / stage_steps (an SCT option of ours, spec §4.1).
+  c.consistency.stage_steps = 25000
+  c.consistency.smooth_stage = False
+  c.consistency.q = 2.0
+  c.consistency.k = 8.0
+  c.consistency.b = 1.0
+  c.consistency.mapping = "sigmoid"
+  # SCT: the boundary target (r = 0, or r at a phase edge): x0_hat (ours, consistent with the
+  # formula) or x0 (ECT's clean target). The paper's choice is unknown.
+  c.consistency.r0_target = "x0_hat"
+  # SCT phased ("multistep") training and sampling: inner phase edges, ascending, in sigma;
+  # () = one-step. Edge skipping at sampling: the state mapped to edge s_m is evaluated at
+  # s_m - eta (s_m - s_{m-1}); eta = 0 is plain phase-to-phase sampling.
+  c.consistency.phase_edges = ()
+  c.consistency.edge_skip_eta = 0.0
+  # Guidance by a weaker model: f_bad + w (f - f_bad). none | ema_snapshot (the EMA weights
+  # at guidance_snapshot_fraction of schedule_steps, kept in aux) | uncond (zero labels).
+  c.consistency.guidance = "none"
+  c.consistency.guidance_scale = 1.0
+  c.consistency.guidance_snapshot_fraction = 0.5
+  # When init_from is empty and pretrain_steps > 0, an EDM run of this model and data is
+  # trained first into <workdir>/pretrain and this run starts from its EMA weights.
+  c.consistency.pretrain_steps = 0
+  c.consistency.pretrain_lr = 2e-3
+  c.consistency.pretrain_warmup_steps = 200
+  c.consistency.pretrain_ema_halflife_kimg = 50.0
   # ---- ACT (jaxdiff/objectives/act.py)
   c.act = ml_collections.ConfigDict()
 
@@ -124,6 +194,17 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_samples = 512
+  # ---- FID (jaxdiff/evaluation/fid.py, run_eval.py). Off while inception_weights is "".
+  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth or its .npz conversion
+  # (never downloaded); "random" = random weights, for tests only.
+  c.eval.inception_weights = ""
+  c.eval.reference_stats = ""          # EDM reference .npz (mu, sigma); "": from the training data
+  c.eval.reference_num_samples = 0     # images of the training data for the reference; 0: all
+  c.eval.fid_num_samples = 50_000      # the papers' protocol
+  c.eval.fid_seed = 0                  # seeds fid_seed .. fid_seed + fid_num_samples - 1
+  c.eval.fid_batch_size = 512          # global; a multiple of the device count
+  c.eval.inception_resolution = 299    # lower (>= 75) only to make tests fast: not comparable
+  c.eval.checkpoint_step = 0           # --mode=eval: the checkpoint to score; 0 = the latest
   return c
 
 
@@ -170,6 +251,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _check_positive("sample.num_steps", config.sample.num_steps)
   _check_choice("model.dtype", config.model.dtype, ("float32", "bfloat16"))
   validate_curriculum_config(config.curriculum)
+  _check_positive("eval.fid_num_samples", config.eval.fid_num_samples)
+  _check_positive("eval.fid_batch_size", config.eval.fid_batch_size)
+  if config.eval.inception_resolution < 75:
+    raise ConfigError(f"config.eval.inception_resolution={config.eval.inception_resolution} is "
+                      "below 75, the smallest input InceptionV3 accepts; FID uses 299.")
+  if config.objective.name == "stf":
+    from jaxdiff.objectives.stf_objective import validate_stf_config
+    validate_stf_config(config, num_devices)
+  if config.objective.name in ("ct", "ict", "ect", "sct"):
+    from jaxdiff.objectives.consistency import validate_consistency_config
+    validate_consistency_config(config, num_devices)
   if num_devices is not None:
     check_batch_divides(config.data.batch_size, num_devices)
 

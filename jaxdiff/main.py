@@ -10,6 +10,7 @@ Rerunning a train command on the same workdir resumes from its last checkpoint.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -28,21 +29,69 @@ _COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0 
                                    "(not needed on TPU pods and SLURM, which are auto-detected).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job (with --coordinator).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator).")
+_DISTRIBUTED = flags.DEFINE_enum("distributed", None, ["auto", "on", "off"],
+                                 "jax.distributed: auto-detect a multi-process cluster (default; "
+                                 "env JAXDIFF_DISTRIBUTED), force it on, or off.")
+_COMPILE_ONLY = flags.DEFINE_bool("compile_only", False,
+                                  "Lower and compile every curriculum stage's train step for the "
+                                  "configured mesh, print memory and FLOP estimates, and exit "
+                                  "without training.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_flags(argv):
+  """absl flag parsing whose failures are one line on stderr and exit code 2.
+
+  A mistyped override (`--config.optim.lrr=1`) otherwise ends in a traceback
+  from ml_collections; a bad value or recipe argument in absl's multi-line dump.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:  # unknown key in a locked config
+    text = str(e)
+    hint = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
+    bad = hint.group(2) if hint else (re.findall(r"'(\w+)", text) or ["?"])[0]
+    key = next((a.split("=")[0][2:] for a in argv[1:]
+                if a.startswith("--config.") and bad in a.split("=")[0].split(".")),
+               f"config.<...>.{bad}")
+    fix = ""
+    if hint:
+      parts = key.split(".")
+      parts[parts.index(bad)] = hint.group(1)
+      fix = f"; did you mean {'.'.join(parts)}?"
+    _die(f"unknown config key {key}{fix} Every key a recipe may set is in "
+         "jaxdiff/config.py base_config().")
+  except flags.Error as e:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if any(ln.startswith("Traceback") for ln in lines):  # the recipe's get_config raised
+      lines = [lines[0], lines[-1]]
+    _die(" ".join(lines))
+
+
+def _die(message: str):
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
 
 
 def main(argv):
   del argv
   from jaxdiff import parallel
-  parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  try:
+    parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                          _PROCESS_ID.value, mode=_DISTRIBUTED.value)
+  except ValueError as e:
+    _die(str(e))
   import jax  # after distributed init
-  jax.config.update("jax_compilation_cache_dir",
-                    os.path.join(os.path.dirname(os.path.abspath(_WORKDIR.value)), ".jax_cache"))
+  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # the environment's choice wins
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.join(os.path.dirname(os.path.abspath(_WORKDIR.value)), ".jax_cache"))
   from jaxdiff import config as config_lib
   from jaxdiff.train import loop
   config = _CONFIG.value
   try:
-    if _MODE.value == "train":
+    if _COMPILE_ONLY.value:
+      loop.compile_only(config)
+    elif _MODE.value == "train":
       summary = loop.train(config, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value)
       if "samples_png" in summary:
         loop.log(f"samples: {summary['samples_png']}")
@@ -55,11 +104,14 @@ def main(argv):
     elif _MODE.value == "analyze":
       from jaxdiff.curriculum import study
       study.run(config, _WORKDIR.value)
-  except (config_lib.ConfigError, FileNotFoundError, loop.NonFiniteLossError) as e:
+  except (config_lib.ConfigError, FileNotFoundError, loop.NonFiniteLossError, ValueError) as e:
+    # Bad input (config, data, files): one clear line, not a traceback; the
+    # traceback stays available with --verbosity=1.
+    logging.debug("traceback of the error below", exc_info=True)
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

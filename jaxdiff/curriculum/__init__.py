@@ -22,6 +22,7 @@ from jaxdiff.curriculum.clusters import stage_mask
 from jaxdiff.curriculum.clusters import stage_order
 from jaxdiff.curriculum.pacing import ConstantPacer
 from jaxdiff.curriculum.pacing import default_curriculum_config
+from jaxdiff.curriculum.pacing import default_study_config
 from jaxdiff.curriculum.pacing import FixedPacer
 from jaxdiff.curriculum.pacing import make_pacer
 from jaxdiff.curriculum.pacing import mask_for_stage
@@ -39,6 +40,7 @@ __all__ = [
     "ddpm_alphas_cumprod",
     "ddpm_consecutive_kl",
     "default_curriculum_config",
+    "default_study_config",
     "iterations_to_converge",
     "make_pacer",
     "make_probe_set",

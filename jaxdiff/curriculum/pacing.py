@@ -29,6 +29,12 @@ beyond "patience on the training loss" is open, spec 8.1):
   cap = 2000 steps per stage  [UNVERIFIED] safety valve, not in the paper
   steps_per_stage = 500       [UNVERIFIED] fixed-pacing baseline only
   order = "easy_to_hard"      [SEC Fig. 3]; the others are ablations
+  precompile = "next"         ours: compile stage n+1's step in a background
+                              thread while stage n trains ("all": every
+                              stage at start; "none": on demand). Does not
+                              change the math, only when compilation happens.
+  study.*                     budget of `--mode=analyze` (jaxdiff.curriculum
+                              .study), ours; not used by training.
 """
 from __future__ import annotations
 
@@ -44,6 +50,32 @@ from jaxdiff.curriculum.clusters import ORDERS
 from jaxdiff.curriculum.clusters import stage_mask
 
 PACINGS = ("fixed", "patience")
+PRECOMPILE = ("none", "next", "all")
+
+
+def default_study_config() -> ml_collections.ConfigDict:
+  """`config.curriculum.study`: the difficulty analysis (`--mode=analyze`).
+
+  Its own small budget, so the study runs in minutes on a CPU whatever the
+  recipe's training budget is.
+  """
+  return ml_collections.ConfigDict(
+      dict(
+          # (1) KL between consecutive DDPM marginals (linear beta schedule).
+          num_timesteps=1000,
+          beta_start=1e-4,
+          beta_end=0.02,
+          kl_timesteps=(1, 2, 5, 10, 20, 50, 100, 200, 500, 999),
+          kl_samples=1024,          # Monte-Carlo samples per timestep
+          kl_reference=2048,        # reference points (<= dataset size)
+          # (2) per-cluster convergence of one model trained on all levels.
+          num_steps=600,
+          batch_size=0,             # 0: config.data.batch_size
+          eval_every=20,
+          probe_size=64,            # held-out clean examples per cluster
+          eps=0.05,                 # "within (1 + eps) of the final loss"
+          smoothing=3,              # moving average over evaluations
+      ))
 
 
 def default_curriculum_config() -> ml_collections.ConfigDict:
@@ -61,6 +93,8 @@ def default_curriculum_config() -> ml_collections.ConfigDict:
           cap=2000,
           order="easy_to_hard",
           seed=0,
+          precompile="next",
+          study=default_study_config(),
       ))
 
 
@@ -104,6 +138,40 @@ def validate_curriculum_config(cfg) -> None:
     fail("cap", "an int >= 1 (steps per stage), or None for no cap")
   if not _is_int(cfg.seed):
     fail("seed", "an int")
+  if cfg.precompile not in PRECOMPILE:
+    fail("precompile", " | ".join(repr(a) for a in PRECOMPILE))
+  validate_study_config(cfg.study)
+
+
+def validate_study_config(study) -> None:
+  """Raises ValueError naming the `curriculum.study` key and what is allowed."""
+  expected = set(default_study_config().keys())
+  present = set(study.keys())
+  if missing := sorted(expected - present):
+    raise ValueError(f"curriculum.study lacks keys {missing}; start from "
+                     "default_study_config().")
+  if unknown := sorted(present - expected):
+    raise ValueError(f"curriculum.study has unknown keys {unknown}; allowed: "
+                     f"{sorted(expected)}.")
+
+  def fail(key, allowed):
+    raise ValueError(
+        f"curriculum.study.{key} = {study[key]!r} is invalid; allowed: {allowed}.")
+
+  for key in ("num_timesteps", "kl_samples", "kl_reference", "num_steps",
+              "eval_every", "probe_size", "smoothing"):
+    if not _is_int(study[key]) or study[key] < 1:
+      fail(key, "an int >= 1")
+  if not _is_int(study.batch_size) or study.batch_size < 0:
+    fail("batch_size", "an int >= 0 (0: config.data.batch_size)")
+  if not (_is_number(study.beta_start) and _is_number(study.beta_end) and
+          0 < study.beta_start <= study.beta_end < 1):
+    fail("beta_start", "0 < beta_start <= beta_end < 1")
+  ts = tuple(study.kl_timesteps)
+  if not ts or not all(_is_int(t) and 1 <= t < study.num_timesteps for t in ts):
+    fail("kl_timesteps", f"ints in [1, num_timesteps - 1 = {study.num_timesteps - 1}]")
+  if not _is_number(study.eps) or not 0 < study.eps < math.inf:
+    fail("eps", "a finite number > 0")
 
 
 def mask_for_stage(cfg, stage: int):

@@ -50,19 +50,29 @@ class InMemoryDataset:
     return out
 
 
-def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-  return np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
+# Index stream of the extra reference examples some objectives (STF) draw every
+# step: its own seeded permutations, independent of the minibatch stream.
+REFERENCE_STREAM = 0x57F
 
 
-def global_batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
-  """Dataset indices of the global batch of `step`: consecutive slices of seeded epochs."""
+def epoch_permutation(seed: int, epoch: int, n: int, stream: int | None = None) -> np.ndarray:
+  entropy = [seed, epoch, 0x5EED] if stream is None else [seed, epoch, 0x5EED, stream]
+  return np.random.default_rng(entropy).permutation(n)
+
+
+def global_batch_indices(seed: int, step: int, batch_size: int, n: int,
+                         stream: int | None = None) -> np.ndarray:
+  """Dataset indices of the global batch of `step`: consecutive slices of seeded epochs.
+
+  `stream` (None: the minibatch) selects an independent family of permutations.
+  """
   start = step * batch_size
   out = np.empty(batch_size, dtype=np.int64)
   filled = 0
   while filled < batch_size:
     epoch, offset = divmod(start + filled, n)
     take = min(batch_size - filled, n - offset)
-    out[filled:filled + take] = epoch_permutation(seed, epoch, n)[offset:offset + take]
+    out[filled:filled + take] = epoch_permutation(seed, epoch, n, stream)[offset:offset + take]
     filled += take
   return out
 
@@ -81,20 +91,157 @@ class StepBatcher:
   process_slice: tuple[int, int]
   toy2d_distribution: str | None = None
   random_flip: bool = False
+  # Extra reference examples per step (STF), over all processes: returned as
+  # 'reference' (+ 'reference_label') next to the minibatch. `reference_slice`
+  # is this process's (start, stop) of them; None: the same fraction of the
+  # global count as `process_slice` is of the global batch.
+  num_reference: int = 0
+  reference_slice: tuple[int, int] | None = None
+
+  def __post_init__(self):
+    if self.num_reference and self.reference_slice is None:
+      lo, hi = self.process_slice
+      b, e = self.global_batch_size, self.num_reference
+      if (lo * e) % b or (hi * e) % b:
+        raise ValueError(
+            f"{e} reference examples per step cannot be split across processes like the batch "
+            f"slice {self.process_slice} of {b}; use a multiple of the process count.")
+      self.reference_slice = (lo * e // b, hi * e // b)
+
+  def global_sizes(self) -> dict[str, int]:
+    """Leading (global) size of every key this batcher returns."""
+    sizes = {"image": self.global_batch_size, "label": self.global_batch_size}
+    if self.num_reference:
+      sizes.update(reference=self.num_reference, reference_label=self.num_reference)
+    return sizes
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     lo, hi = self.process_slice
     if self.toy2d_distribution is not None:
-      # An infinite stream: a fresh draw per (seed, step, slice start).
-      points = builtin.toy2d_sample(self.toy2d_distribution, hi - lo, [self.seed, step, lo])
-      return {"image": points}
-    indices = global_batch_indices(self.seed, step, self.global_batch_size,
-                                   self.dataset.num_examples)[lo:hi]
-    batch = self.dataset.get(indices)
-    if self.random_flip:
-      flip = np.random.default_rng([self.seed, step, lo, 0xF11B]).random(hi - lo) < 0.5
-      batch["image"] = np.where(flip[:, None, None, None], batch["image"][:, :, ::-1], batch["image"])
+      # An infinite stream: a fresh draw of the whole global batch per (seed,
+      # step), sliced, so the data do not depend on the process count (a
+      # 2-process job trains on exactly the batches of a 1-process one).
+      points = builtin.toy2d_sample(self.toy2d_distribution, self.global_batch_size,
+                                    [self.seed, step, 0])[lo:hi]
+      batch = {"image": points}
+    else:
+      indices = global_batch_indices(self.seed, step, self.global_batch_size,
+                                     self.dataset.num_examples)[lo:hi]
+      batch = self.dataset.get(indices)
+      if self.random_flip:
+        # Drawn for the whole global batch, then sliced: a row's flip does not
+        # depend on how many processes share the batch.
+        flip = (np.random.default_rng([self.seed, step, 0xF11B]).random(self.global_batch_size)
+                < 0.5)[lo:hi]
+        batch["image"] = np.where(flip[:, None, None, None], batch["image"][:, :, ::-1],
+                                  batch["image"])
+    if self.num_reference:
+      batch.update(self.references(step))
     return batch
+
+  def references(self, step: int) -> dict[str, np.ndarray]:
+    """This process's part of the step's extra reference examples.
+
+    A pure function of (seed, step), independent of the minibatch stream and of
+    the process count: every process slices the same global draw, so the slices
+    are disjoint and together form the global reference batch. Augmentation
+    (random flip) is drawn independently of the minibatch's, as in the official
+    STF code (spec §3.2).
+    """
+    rlo, rhi = self.reference_slice
+    e = self.num_reference
+    if self.toy2d_distribution is not None:
+      points = builtin.toy2d_sample(self.toy2d_distribution, e,
+                                    [self.seed, step, REFERENCE_STREAM])
+      return {"reference": points[rlo:rhi]}
+    indices = global_batch_indices(self.seed, step, e, self.dataset.num_examples,
+                                   stream=REFERENCE_STREAM)[rlo:rhi]
+    drawn = self.dataset.get(indices)
+    out = {"reference": drawn["image"]}
+    if "label" in drawn:
+      out["reference_label"] = drawn["label"]
+    if self.random_flip:
+      flip = np.random.default_rng([self.seed, step, 0xF11B, REFERENCE_STREAM]).random(e) < 0.5
+      flip = flip[rlo:rhi]
+      out["reference"] = np.where(flip[:, None, None, None], out["reference"][:, :, ::-1],
+                                  out["reference"])
+    return out
+
+
+class Prefetcher:
+  """Computes `fn(step)` for the next `depth` steps in a background thread.
+
+  The train loop asks `get(step)` for consecutive steps; the batch is usually
+  ready (read, flipped and transferred to the devices) while the previous step
+  still runs, because the loop syncs with the device every step. `fn` is a pure
+  function of the step (e.g. `Experiment.global_batch`), so prefetching never
+  changes which data a step sees; asking for an unexpected step restarts the
+  worker there. An exception in the worker is raised by `get`.
+  `wait_seconds` is the time `get` spent blocked: input-bound time.
+  """
+
+  def __init__(self, fn, start: int, depth: int = 2):
+    import queue
+    import threading
+    self._fn, self._depth = fn, max(1, int(depth))
+    self._queue_cls, self._thread_cls, self._event_cls = queue.Queue, threading.Thread, \
+        threading.Event
+    self.wait_seconds = 0.0
+    self._thread = None
+    self._start_worker(int(start))
+
+  def _start_worker(self, start: int) -> None:
+    self._next = start
+    self._queue = self._queue_cls(maxsize=self._depth)
+    self._stop = self._event_cls()
+    queue, stop, fn = self._queue, self._stop, self._fn
+
+    def work():
+      step = start
+      while not stop.is_set():
+        try:
+          item = (step, fn(step), None)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+          item = (step, None, e)
+        while not stop.is_set():
+          try:
+            queue.put(item, timeout=0.1)
+            break
+          except Exception:  # queue.Full: wait for the consumer
+            continue
+        if item[2] is not None:
+          return
+        step += 1
+
+    self._thread = self._thread_cls(target=work, name="jaxdiff-prefetch", daemon=True)
+    self._thread.start()
+
+  def get(self, step: int):
+    import time
+    if step != self._next:
+      self.close()
+      self._start_worker(step)
+    t0 = time.perf_counter()
+    got, value, error = self._queue.get()
+    self.wait_seconds += time.perf_counter() - t0
+    if error is not None:
+      self.close()
+      raise error
+    assert got == step, (got, step)
+    self._next = step + 1
+    return value
+
+  def close(self) -> None:
+    if self._thread is None:
+      return
+    self._stop.set()
+    while True:  # unblock a worker waiting on a full queue
+      try:
+        self._queue.get_nowait()
+      except Exception:  # queue.Empty
+        break
+    self._thread.join(timeout=10)
+    self._thread = None
 
 
 def make_dataset(data_config) -> tuple[RandomAccessDataset | None, tuple[int, ...]]:

@@ -69,6 +69,16 @@ class Objective:
   # Heun on a denoiser) or "consistency" (one or few network calls).
   sampler_kind = "edm"
 
+  # The device mesh the train step runs on (set by `make_objective`; None when
+  # used without one). Objectives whose math spans the batch axes (STF's
+  # reference sets) shard_map over it.
+  mesh = None
+
+  # Extra data examples per step the pipeline must draw for this objective,
+  # over all processes; they arrive as batch["reference"] (and
+  # batch["reference_label"]). 0: none.
+  reference_draws = 0
+
   def init_aux(self, params: PyTree) -> PyTree:
     return {}
 

@@ -10,6 +10,25 @@ import jax
 import numpy as np
 
 
+def _import_summary_writer():
+  """tensorboardX's SummaryWriter, without letting it import PyTorch.
+
+  tensorboardX imports torch (when installed) only to recognise torch tensors;
+  we pass numpy. Hiding torch for this one import saves ~2.5 s of CPU at the
+  start of every run; torch stays importable afterwards.
+  """
+  import sys
+  if "torch" in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules["torch"] = None  # makes `import torch` raise ImportError
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
+
+
 class MetricWriter:
   """Writes scalars to TensorBoard (tensorboardX, no TensorFlow) and metrics.jsonl."""
 
@@ -18,10 +37,18 @@ class MetricWriter:
     self._tb = None
     self._jsonl = None
     if self.enabled:
-      from tensorboardX import SummaryWriter
+      SummaryWriter = _import_summary_writer()
       os.makedirs(workdir, exist_ok=True)
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      path = os.path.join(workdir, "metrics.jsonl")
+      self._jsonl = open(path, "a")
+      if self._jsonl.tell() > 0:
+        with open(path, "rb") as f:
+          f.seek(-1, os.SEEK_END)
+          if f.read(1) != b"\n":
+            # A run killed mid-write left half a line: end it, so the lines of
+            # the resumed run stay parseable (readers skip the broken one).
+            self._jsonl.write("\n")
 
   def write(self, step: int, scalars: dict) -> None:
     if not self.enabled:

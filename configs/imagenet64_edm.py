@@ -1,0 +1,113 @@
+"""EDM on ImageNet 64x64, class-conditional (EDM's `--cond=1 --arch=adm` recipe, spec §1.3).
+
+  python -m jaxdiff.prepare_data --dataset=imagenet_resized/64x64 --data_dir=DIR --source=NPZ_DIR
+  python -m jaxdiff.main --config=configs/imagenet64_edm.py --workdir=runs/imagenet64_edm \
+      --config.data.data_dir=DIR
+  python -m jaxdiff.main --config=configs/imagenet64_edm.py:smoke --workdir=/tmp/in64_smoke
+
+EDM's ImageNet-64 command: `--cond=1 --arch=adm --duration=2500 --batch=4096
+--lr=2e-4 --ema=50 --dropout=0.10 --augment=0 --fp16=1 --ls=100`: batch 4096,
+Adam lr 2e-4 with the default 10 Mimg warm-up, EMA half-life 50 Mimg, dropout
+0.1, no augmentation, 2500 Mimg (610,352 steps), ADM with 192 channels, mult
+1-2-3-4, 3 blocks per level, attention at 32, 16 and 8. Reported FID 1.36
+after retraining (README). EDM samples ImageNet with 256 steps of its
+stochastic sampler; our deterministic Heun at 18 steps is the configured
+default (config.sample), which EDM reports as worse for ImageNet.
+
+Deviations (stated, not hidden):
+* Architecture: jaxdiff's SongUNet implements DDPM++ and NCSN++ only, not
+  ADM's UNet (scale-shift norm, 64-channel attention heads, ...). We use the
+  closest: DDPM++ with ADM's widths, depths and attention resolutions (192
+  channels, mult 1-2-3-4, 3 blocks, attention at 32/16/8, 1000-class
+  embedding): 270.3M parameters vs ADM's 296M.
+* Data: `imagenet_resized/64x64` is Chrabaszcz et al.'s downsampled ImageNet
+  (box-resized whole images), the data ACT trains on; EDM builds its
+  ImageNet-64 by centre-cropping full ImageNet (dataset_tool
+  --transform=center-crop). For EDM's exact data, prepare EDM's zip:
+  `--dataset=imagenet_resized/64x64 --source=imagenet-64x64.zip`.
+* Precision: EDM uses fp16 with loss scaling 100; this recipe trains in float32
+  (set --config.model.dtype=bfloat16 on TPU/GPU for speed).
+
+`:smoke` runs anywhere: a generated 8x8 labelled dataset (`synthetic/8x8`, 10
+classes, the same tfds builder and reader path) and a tiny class-conditional
+DDPM++.
+"""
+import os
+import tempfile
+
+from jaxdiff.config import base_config
+
+MIMG = 1_000_000
+
+
+def get_config(arg: str = ""):
+  if arg not in ("", "smoke"):
+    raise ValueError(f"Unknown config arg {arg!r}; use '' or 'smoke'.")
+  c = base_config()
+  c.data.name = "tfds"
+  c.data.tfds_name = "imagenet_resized/64x64"
+  c.data.data_dir = ""
+  c.data.image_size = 64
+  c.data.channels = 3
+  c.data.num_classes = 1000
+  c.data.batch_size = 4096
+  c.data.random_flip = False        # EDM: --xflip off, --augment=0
+
+  c.model.name = "ddpmpp"           # closest to ADM available; see the deviation note
+  c.model.model_channels = 192
+  c.model.channel_mult = (1, 2, 3, 4)
+  c.model.channel_mult_emb = 4
+  c.model.num_blocks = 3
+  c.model.attn_resolutions = (32, 16, 8)
+  c.model.dropout = 0.10
+  c.model.label_dropout = 0.0
+  c.model.augment_dim = 0
+
+  c.objective.name = "edm"
+  c.objective.sigma_data = 0.5
+  c.objective.p_mean = -1.2
+  c.objective.p_std = 1.2
+
+  c.optim.name = "adam"
+  c.optim.lr = 2e-4
+  c.optim.b1, c.optim.b2, c.optim.eps = 0.9, 0.999, 1e-8
+  c.optim.warmup_steps = round(10 * MIMG / 4096)  # EDM's default 10 Mimg ramp-up
+  c.optim.nonfinite = "zero"
+
+  c.ema.kind = "halflife"
+  c.ema.halflife_kimg = 50_000.0                  # --ema=50 (Mimg)
+  c.ema.rampup_ratio = 0.05
+
+  c.train.num_steps = round(2500 * MIMG / 4096)   # 2500 Mimg
+  c.train.log_every = 500
+  c.train.ckpt_every = 5_000
+  c.train.sample_every = 25_000
+  c.train.eval_every = 50_000
+
+  c.sample.num_steps = 18
+  c.eval.num_samples = 10_000
+  c.eval.fid_num_samples = 50_000
+  c.eval.fid_batch_size = 512
+
+  if arg == "smoke":
+    c.data.tfds_name = "synthetic/8x8"
+    c.data.data_dir = os.path.join(tempfile.gettempdir(), "jaxdiff_smoke_data")
+    c.data.image_size = 8
+    c.data.num_classes = 10
+    c.data.batch_size = 16
+    c.model.model_channels = 8
+    c.model.channel_mult = (1, 2)
+    c.model.num_blocks = 1
+    c.model.attn_resolutions = (4,)
+    c.optim.warmup_steps = 2
+    c.train.num_steps = 4
+    c.train.log_every = 2
+    c.train.ckpt_every = 2
+    c.train.sample_every = 0
+    c.train.eval_every = 0
+    c.sample.num_steps = 4
+    c.sample.num_samples = 16
+    c.eval.num_samples = 64
+    c.eval.fid_num_samples = 32
+    c.eval.fid_batch_size = 16
+  return c

@@ -1,0 +1,173 @@
+"""The STF training objective: EDM's loss with y replaced by the Stable Target Field.
+
+Xu, Tong, Jaakkola (ICLR 2023), spec §3; official code Newbeeer/stf (a fork of
+NVlabs/edm). The loss is EDM's (spec §1.3),
+
+    lambda(sigma) * ||D(x; sigma) - T(x)||^2,   T(x) = sum_i w_i(x) y_i,
+
+with w = softmax_i(-||x - y_i||^2 / (2 sigma^2)) over a reference set that
+contains the generating image (`stf.stf_target`). Noise levels come from the
+objective's noise sampler, so STF composes with the difficulty curriculum like
+any objective.
+
+The reference set of a step (spec §3.2): the minibatch's own images (as the
+network sees them, i.e. after the pipeline's augmentation) plus fresh draws
+from the data pipeline (`batch["reference"]`, an index stream independent of
+the minibatch, augmented independently). `config.stf.reference_size` is n, the
+number of references a sample's weights are normalised over, *including* the
+minibatch images, as the official `--rbatch` counts it (the loader yields
+rbatch images per GPU, the first batch/world of which are the minibatch).
+
+Two ways to form the set on a mesh (`config.stf.mode`):
+
+  per_device  The official behaviour: each device uses its own slice of the
+              minibatch plus its own n - B/D reference draws, so n is per
+              device and the pipeline draws D * n - B extra examples per step.
+              Implemented as `stf_target` inside `jax.shard_map` over the batch
+              axes ("data", "fsdp").
+  global      One set of n = B + extra examples, sharded over the batch axes;
+              every sample's weights are normalised over the whole global set
+              with a sharded distance matmul and a cross-device log-sum-exp
+              (`stf.stf_target_global`); no device holds the whole set. The
+              pipeline draws n - B extra examples per step.
+
+For class-conditional data (`data.num_classes > 0`) with
+`stf.restrict_labels`, only references with the sample's label count (the
+official code is unconditional only; spec §3.6 pitfall 4).
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from jaxdiff import parallel
+from jaxdiff.objectives import stf
+from jaxdiff.objectives.edm import EDMObjective
+
+MODES = ("per_device", "global")
+
+
+def reference_draws(reference_size: int, mode: str, batch_size: int, num_devices: int) -> int:
+  """Extra examples the pipeline draws per step, over all processes.
+
+  per_device: each of the D devices completes its B/D minibatch images to n;
+  global: the one global set of n holds the B minibatch images.
+  """
+  if mode == "per_device":
+    return num_devices * (reference_size - batch_size // num_devices)
+  return reference_size - batch_size
+
+
+def validate_stf_config(config, num_devices: int | None = None) -> None:
+  """Raises ConfigError naming the stf key, its value and the fix."""
+  from jaxdiff.config import ConfigError
+  s = config.stf
+  if s.mode not in MODES:
+    raise ConfigError(f"config.stf.mode={s.mode!r} is not allowed; choose one of {MODES}.")
+  n = s.reference_size
+  if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+    raise ConfigError(f"config.stf.reference_size={n!r} must be an integer >= 1 (the official "
+                      "default is 4096, the published models use 1024).")
+  if num_devices is None:
+    return
+  batch = config.data.batch_size
+  if s.mode == "per_device":
+    local = batch // num_devices
+    if n < local:
+      raise ConfigError(
+          f"config.stf.reference_size={n} is smaller than the per-device batch {local} "
+          f"(config.data.batch_size={batch} over {num_devices} devices); in per_device mode the "
+          f"reference set contains the device's minibatch images, so use at least {local}.")
+  else:
+    if n < batch:
+      raise ConfigError(
+          f"config.stf.reference_size={n} is smaller than config.data.batch_size={batch}; in "
+          f"global mode the reference set contains the whole minibatch, so use at least {batch}.")
+    if (n - batch) % num_devices:
+      lower = batch + (n - batch) // num_devices * num_devices
+      raise ConfigError(
+          f"config.stf.reference_size={n}: in global mode the {n - batch} draws beyond the "
+          f"minibatch are sharded over the {num_devices} devices and must divide evenly; use "
+          f"{lower} or {lower + num_devices}.")
+
+
+class STFObjective(EDMObjective):
+  """EDM loss with the Stable Target Field target (see the module docstring)."""
+
+  sampler_kind = "edm"
+
+  def __init__(self, apply_fn, noise_sampler, *, sigma_data: float = 0.5, num_classes: int = 0,
+               reference_size: int = 4096, mode: str = "per_device",
+               restrict_labels: bool = True, batch_size: int):
+    super().__init__(apply_fn, noise_sampler, sigma_data=sigma_data, num_classes=num_classes)
+    if mode not in MODES:
+      raise ValueError(f"mode={mode!r}; choose one of {MODES}.")
+    self.reference_size = int(reference_size)
+    self.mode = mode
+    self.use_labels = bool(restrict_labels) and bool(num_classes)
+    self.batch_size = int(batch_size)
+
+  @classmethod
+  def from_config(cls, config, apply_fn, noise_sampler) -> "STFObjective":
+    validate_stf_config(config)
+    return cls(apply_fn, noise_sampler, sigma_data=config.objective.sigma_data,
+               num_classes=config.data.num_classes, reference_size=config.stf.reference_size,
+               mode=config.stf.mode, restrict_labels=config.stf.restrict_labels,
+               batch_size=config.data.batch_size)
+
+  @property
+  def num_devices(self) -> int:
+    """Devices the batch is split over (the whole mesh: axes data x fsdp)."""
+    if self.mesh is None:
+      return 1
+    return math.prod(int(self.mesh.shape[a]) for a in parallel.BATCH_AXES)
+
+  @property
+  def reference_draws(self) -> int:
+    return reference_draws(self.reference_size, self.mode, self.batch_size, self.num_devices)
+
+  def target(self, x_noisy, sigma, batch, aux, key):
+    arrays = {"x": x_noisy, "sigma": sigma, "image": batch["image"]}
+    if self.use_labels:
+      arrays["label"] = batch["label"]
+    if self.reference_draws:
+      arrays["reference"] = batch["reference"]
+      if self.use_labels:
+        arrays["reference_label"] = batch["reference_label"]
+    if self.mesh is None:
+      # No mesh: one device holds everything, so both modes are the plain
+      # computation over minibatch + draws.
+      return _target_local(arrays)
+    axes = parallel.BATCH_AXES
+    if self.mode == "per_device":
+      fn = _target_local
+    else:
+      fn = lambda a: _target_global(a, axes)
+    # Every input is split along its leading (batch or reference) axis.
+    return jax.shard_map(fn, mesh=self.mesh, in_specs=(P(axes),), out_specs=P(axes))(arrays)
+
+
+def _reference_set(arrays):
+  """This shard's references: its minibatch images first, then its draws."""
+  ref = arrays["image"]
+  labels = arrays.get("label")
+  if "reference" in arrays:
+    ref = jnp.concatenate([ref, arrays["reference"].astype(ref.dtype)], axis=0)
+    if labels is not None:
+      labels = jnp.concatenate([labels, arrays["reference_label"].astype(labels.dtype)], axis=0)
+  return ref, labels
+
+
+def _target_local(arrays):
+  ref, ref_labels = _reference_set(arrays)
+  return stf.stf_target(arrays["x"], arrays["sigma"], ref, arrays.get("label"), ref_labels)
+
+
+def _target_global(arrays, axes):
+  ref, ref_labels = _reference_set(arrays)
+  return stf.stf_target_global(arrays["x"], arrays["sigma"], ref, axis_name=axes,
+                               labels=arrays.get("label"), reference_labels=ref_labels,
+                               queries_sharded=True)
