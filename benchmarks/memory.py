@@ -98,6 +98,26 @@ def fsdp_rows(size: str, batch: int) -> tuple[list[dict], dict]:
   return rows, reports
 
 
+def state_rows(recipes) -> list[dict]:
+  """Train-state bytes per device with and without FSDP=8, from the shardings (no compile)."""
+  import jax
+  from benchmarks import common
+  devices = jax.devices()
+  if len(devices) < 8:
+    return []
+  rows = []
+  for recipe in recipes:
+    per = {}
+    for fsdp in (1, 8):
+      exp = common.experiment(common.make_config(recipe, 8),
+                              common.mesh_of(devices[:8], fsdp=fsdp))
+      per[fsdp] = sum(state_bytes_per_device(exp).values())
+    rows.append(dict(item=f"{recipe} ({exp.num_params:,} params) params+EMA+Adam per device",
+                     value=f"{fmt(per[1])} -> {fmt(per[8])} with FSDP=8 ({per[1] / per[8]:.2f}x)",
+                     note="from the state shardings (jaxdiff.parallel.fsdp_spec), no compile"))
+  return rows
+
+
 def extrapolate_rows(recipe: str, batches=(2, 4)) -> tuple[list[dict], dict]:
   import jax
   from benchmarks import common
@@ -132,6 +152,8 @@ def main(argv=None):
   p.add_argument("--size", default="ci")
   p.add_argument("--batch", type=int, default=32)
   p.add_argument("--extrapolate", default="cifar10,imagenet64")
+  p.add_argument("--state-sizes", default="ci,cifar10,imagenet64",
+                 help="recipes whose state bytes per device are read off the shardings")
   p.add_argument("--json", action="store_true", help="print one JSON line at the end")
   args = p.parse_args(argv)
   import jax
@@ -143,6 +165,7 @@ def main(argv=None):
   fr, reports = fsdp_rows(args.size, args.batch)
   data["fsdp"] = {str(k): v for k, v in reports.items()}
   rows += fr
+  rows += state_rows([r for r in args.state_sizes.split(",") if r])
   for recipe in [r for r in args.extrapolate.split(",") if r]:
     try:
       er, peaks = extrapolate_rows(recipe)

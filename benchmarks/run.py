@@ -280,7 +280,8 @@ def section_train(report: Report, ctx: dict, args) -> None:
       if ctx.get("nominal_peak"):
         value += f", MFU {achieved / ctx['nominal_peak']:.1%}"
       report.add("train", f"{size} achieved FLOP/s", value, note)
-    report.add("train", f"{size} compile (cold)", f"{jr.compile_seconds:.1f} s")
+    report.add("train", f"{size} compile (cold)", f"{jr.compile_seconds:.1f} s wall",
+               f"{jr.compile_cpu_seconds:.1f} s of process CPU time")
 
 
 def section_bf16(report: Report, ctx: dict, args) -> None:
@@ -330,6 +331,7 @@ def section_overheads(report: Report, ctx: dict, args) -> None:
     exp = common.experiment(common.make_config(size, batch), ctx["mesh"])
     base = common.JaxStepRunner(exp)
     ctx.setdefault("runners", {})[size] = base
+    ctx.setdefault("experiments", {})[size] = exp
     ctx.setdefault("cold_compile", {})[(size, "edm")] = base.compile_seconds
   variants = {}
   notes = {}
@@ -367,8 +369,9 @@ def section_overheads(report: Report, ctx: dict, args) -> None:
              f"{common.median(times['EDM']) * 1e3:.1f} ms/step", "the baseline of this section")
   for name in variants:
     med, lo, hi = common.ratio_stats(times[name], times["EDM"])
+    spread = f"per-round {100 * (lo - 1):+.1f}..{100 * (hi - 1):+.1f}%"
     report.add("overheads", name, f"{(med - 1) * 100:+.1f}%",
-               f"{notes.get(name, '')}; per-round {100 * (lo - 1):+.1f}..{100 * (hi - 1):+.1f}%")
+               "; ".join(x for x in (notes.get(name), spread) if x))
   report.data["overheads"] = {k: v for k, v in times.items()}
   if os.path.exists(os.path.join(HERE, "stf_overhead.py")):
     # Device-independent view (benchmarks/stf_overhead.py): XLA's FLOP count of the
@@ -377,7 +380,7 @@ def section_overheads(report: Report, ctx: dict, args) -> None:
     sizes = [1024] if args.quick else args.stf_sizes
     base_flops, extra = stf_overhead.flop_overheads(128, 4, 64, sizes)
     for n, (_, frac) in extra.items():
-      report.add("overheads", f"STF n={n}, CIFAR-10 recipe model (FLOPs)", f"{frac:+.1%}",
+      report.add("overheads", f"STF n={n}, CIFAR-10 recipe model (FLOPs)", f"{frac:+.3%}",
                  f"extra FLOPs over EDM's {base_flops / 1e12:.3g} TFLOP/step at per-device "
                  "batch 64 (benchmarks/stf_overhead.py, from the lowered HLO)")
 

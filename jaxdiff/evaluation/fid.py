@@ -224,32 +224,36 @@ def per_seed_inputs(seeds: jax.Array, image_shape, num_classes: int, dtype=jnp.f
 def make_sampler(objective, sample_config, num_classes: int) -> Callable:
   """(params, latents[B], labels[B] | None, keys[B]) -> images[B], one sample per seed.
 
-  The sampler runs per sample under `vmap`, so each image sees only its own
-  latent, label and noise key (for the deterministic EDM sampler this equals
-  batched sampling; for multistep consistency sampling it makes the re-noising
-  per-seed too).
+  EDM's deterministic Heun sampler runs batched: the network treats every image
+  on its own (group norm, attention and labels are per sample), so each image
+  depends on its own latent and label only. Samplers that draw fresh noise
+  (multistep consistency sampling, objectives with their own `sample`) run per
+  sample under `vmap`, so that noise comes from the image's own seed too.
   """
   from jaxdiff import sampling
   s = sample_config
+  per_sample = hasattr(objective, "sample") or objective.sampler_kind == "consistency"
 
-  def one(params, latent, label, key):
-    labels = None if label is None else label[None]
-    x = latent[None]
+  def run(params, x, labels, key):
     if hasattr(objective, "sample"):  # objectives with their own sampler (consistency.py)
-      return objective.sample(params, x, key, s)[0]
+      return objective.sample(params, x, key, s)
     fn = objective.denoiser(params, class_labels=labels)
     if objective.sampler_kind == "consistency":
-      out = sampling.consistency_sampler(fn, x, jnp.asarray(s.consistency_sigmas, x.dtype),
-                                         key=key)
-    else:
-      out = sampling.edm_sampler(fn, x, num_steps=s.num_steps, sigma_min=s.sigma_min,
-                                 sigma_max=s.sigma_max, rho=s.rho)
-    return out[0]
+      return sampling.consistency_sampler(fn, x, jnp.asarray(s.consistency_sigmas, x.dtype),
+                                          key=key)
+    return sampling.edm_sampler(fn, x, num_steps=s.num_steps, sigma_min=s.sigma_min,
+                                sigma_max=s.sigma_max, rho=s.rho)
 
   def sample(params, latents, labels, keys):
+    if not per_sample:
+      return run(params, latents, labels, None)
+
+    def one(z, y, k):
+      return run(params, z[None], None if y is None else y[None], k)[0]
+
     if labels is None:
-      return jax.vmap(lambda z, k: one(params, z, None, k))(latents, keys)
-    return jax.vmap(lambda z, y, k: one(params, z, y, k))(latents, labels, keys)
+      return jax.vmap(lambda z, k: one(z, None, k))(latents, keys)
+    return jax.vmap(one)(latents, labels, keys)
 
   return sample
 
