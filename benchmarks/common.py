@@ -23,7 +23,7 @@ import numpy as np
 # jaxdiff has no ADM UNet); tests/test_benchmarks.py checks they stay in sync.
 SIZES = {
     # For tests of the harness itself: compiles fastest, measures nothing of interest.
-    "tiny": dict(image_size=8, channels=1, model_channels=8, channel_mult=(1,),
+    "tiny": dict(image_size=8, channels=1, model_channels=32, channel_mult=(1,),
                  num_blocks=1, attn_resolutions=(), dropout=0.1, num_classes=0,
                  augment_dim=0, batch=8),
     "ci": dict(image_size=16, channels=3, model_channels=32, channel_mult=(1, 2, 2),

@@ -249,7 +249,8 @@ def section_train(report: Report, ctx: dict, args) -> None:
     ctx.setdefault("experiments", {})[size] = exp
     ctx.setdefault("cold_compile", {})[(size, "edm")] = jr.compile_seconds
     runners = {"jaxdiff": jr.run}
-    tag = f"{size} ({exp.example_shape[0]}x{exp.example_shape[0]}, {exp.num_params:,} params, batch {batch})"
+    res = exp.example_shape[0]
+    tag = f"{size} ({res}x{res}, {exp.num_params:,} params, batch {batch})"
     if torch_available(args):
       trun, tparams, threads = torch_runner(size, batch, ctx["torch_threads"])
       if tparams != exp.num_params:

@@ -17,9 +17,10 @@ both on the same machine, at the same batch, in the same invocation:
 
 Layout: NCHW tensors; `channels_last=True` stores activations and conv weights
 channels-last (NHWC in memory), which lets oneDNN pick its faster kernels on CPU.
-`device='cuda'` runs it on a GPU. Eager mode, no `torch.compile`: the target of issue 9 is "jaxdiff >= PyTorch
-eager". PyTorch is a benchmark-only extra (`pip install -e .[bench]`), never a
-dependency of jaxdiff; nothing in `jaxdiff/` imports this file.
+`device='cuda'` runs it on a GPU. Eager mode, no `torch.compile`: the target of
+issue 9 is "jaxdiff >= PyTorch eager". PyTorch is a benchmark-only extra
+(`pip install -e .[bench]`), never a dependency of jaxdiff; nothing in `jaxdiff/`
+imports this file.
 
 Only the DDPM++ variant is implemented (the recipe benchmarked); NCSN++'s Fourier
 embedding, residual encoder and (1,3,3,1) FIR filter are not.

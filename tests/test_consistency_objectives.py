@@ -356,9 +356,10 @@ def test_guidance_by_an_ema_snapshot():
   snapshot = obj.settings.snapshot_step  # 0.25 of train.num_steps (8) = 2
   assert snapshot == 2
   aux, ema = obj.init_aux(params), params
+  update = jax.jit(obj.update_aux)
   for step in range(5):
     new = jax.tree.map(lambda p: p + 0.1 * (step + 1), params)
-    aux = obj.update_aux(aux, new, jnp.int32(step))
+    aux = update(aux, new, jnp.int32(step))
     if step < snapshot:
       ema = jax.tree.map(lambda e, p: e * 0.5 + p * 0.5, ema, new)
   for a, b in zip(jax.tree.leaves(aux["guide"]), jax.tree.leaves(ema)):

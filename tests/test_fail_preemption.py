@@ -55,7 +55,6 @@ KILLED_SAVE = textwrap.dedent("""
     import numpy as np
     from orbax.checkpoint._src.path import atomicity
     from jaxdiff import checkpoint
-from jaxdiff.train import loop
 
     ck = checkpoint.Checkpointer(sys.argv[1])
     ck.save(1, {"w": np.full((256,), 1.0, np.float32)}, {"note": "first"})
