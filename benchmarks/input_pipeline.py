@@ -41,7 +41,12 @@ def main(argv=None):
   p.add_argument("--num_examples", type=int, default=4096)
   p.add_argument("--data_dir", default=os.path.join(tempfile.gettempdir(),
                                                     "jaxdiff_bench_data"))
+  p.add_argument("--input_only", type=int, default=0, metavar="RES",
+                 help="only the host pipeline at RES x RES x 3 (no model): e.g. 32 or 64 with "
+                      "--batch=512, to compare with an accelerator's published step rate")
   args = p.parse_args(argv)
+  if args.input_only:
+    return input_only(args)
 
   import jax
   import numpy as np
@@ -121,6 +126,39 @@ def main(argv=None):
   for r in rows:
     print(f"| {r[0]} | {r[1]} | {r[2]} |")
   return rows
+
+
+def input_only(args):
+  """Host-side rows only: read + decode + flip + global arrays, and the same with prefetch."""
+  import jax
+  import ml_collections
+  from jaxdiff import parallel, prepare_data
+  from jaxdiff.data import pipeline, tfds_source
+
+  res, batch = args.input_only, args.batch or 512
+  name = f"synthetic/bench{res}"
+  prepare_data.prepare("synthetic", args.data_dir, resolution=res, name=name,
+                       num_examples=args.num_examples)
+  ds = tfds_source.open_dataset(ml_collections.ConfigDict(dict(
+      tfds_name=name, data_dir=args.data_dir, num_classes=10, image_size=res)))
+  mesh = parallel.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1}))
+  batcher = pipeline.StepBatcher(ds, batch, seed=0, process_slice=(0, batch), random_flip=True)
+  fetch = lambda step: parallel.to_global(batcher(step), mesh, batch)
+  jax.block_until_ready(fetch(0))
+  start = time.perf_counter()
+  for step in range(args.steps):
+    jax.block_until_ready(fetch(step))
+  t = (time.perf_counter() - start) / args.steps
+  start = time.perf_counter()
+  for step in range(args.steps):
+    ds.get_uint8(pipeline.global_batch_indices(0, step, batch, ds.num_examples))
+  t_read = (time.perf_counter() - start) / args.steps
+  print(f"\n# host input pipeline only: {res}x{res}x3, batch {batch} per process, "
+        f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}\n")
+  print("| what | throughput | note |\n| --- | --- | --- |")
+  print(f"| ArrayRecord read + decode (uint8) | {batch / t_read:.0f} img/s | "
+        f"{t_read * 1e3:.1f} ms per batch |")
+  print(f"| + float, flips, global arrays | {batch / t:.0f} img/s | {t * 1e3:.1f} ms per batch |")
 
 
 if __name__ == "__main__":

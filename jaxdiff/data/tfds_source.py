@@ -105,8 +105,11 @@ class TfdsImageDataset:
 
   def get(self, indices) -> dict[str, np.ndarray]:
     raw = self.get_uint8(indices)
-    # uint8 -> [-1, 1] exactly as EDM's training loop: x / 127.5 - 1.
-    out = {"image": raw["image"].astype(np.float32) / np.float32(127.5) - np.float32(1.0)}
+    # uint8 -> [-1, 1] exactly as EDM's training loop: x / 127.5 - 1 (in place: no temporaries).
+    image = raw["image"].astype(np.float32)
+    np.divide(image, np.float32(127.5), out=image)
+    np.subtract(image, np.float32(1.0), out=image)
+    out = {"image": image}
     if self.with_labels:
       out["label"] = raw["label"]
     return out

@@ -58,8 +58,7 @@ calls differently (FMA contraction), which leaves differences of a few ulps.
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import flax.struct
 import jax
