@@ -181,7 +181,46 @@ def base_config() -> ml_collections.ConfigDict:
   c.consistency.pretrain_warmup_steps = 200
   c.consistency.pretrain_ema_halflife_kimg = 50.0
   # ---- ACT (jaxdiff/objectives/act.py)
+  # Kong et al. 2024, official kong13661/ACT; defaults are its CIFAR-10 recipe (spec §5.3).
+  # The consistency part (grid, sigma_min/max, rho, metric, huber_c) is the `consistency`
+  # block: metric auto = pseudo-Huber with iCT's c, standing in for LPIPS (no VGG weights).
   c.act = ml_collections.ConfigDict()
+  # Generator loss (1 - lambda) L_CT + lambda L_G; lambda = lam0 (w_mid = 0, CIFAR-10) or
+  # lam0 * (j/(N-1))^log_0.5(w_mid/lam0) over the bin index j (ImageNet-64: 0.6, 0.2),
+  # the same power law weighting the discriminator terms and R1.
+  c.act.lam0 = 0.3
+  c.act.w_mid = 0.0
+  # N(k) = round(sqrt(k/K (n_max^2 - n_min^2) + n_min^2)), mu(k) = exp(n_min ln mu0 / (N - 1));
+  # K = consistency.schedule_steps (0: train.num_steps).
+  c.act.n_min = 2
+  c.act.n_max = 150
+  c.act.mu0 = 0.9
+  # Discriminator optimizer: RAdam, betas (0, 0.99 * 16/17) as the official code.
+  c.act.d_lr = 1e-4
+  c.act.d_b1 = 0.0
+  c.act.d_b2 = 0.99 * 16 / 17
+  # Lazy R1 on the augmented real input every r1_interval steps, not multiplied by the
+  # interval (official); its steps are a second compiled variant of the update.
+  c.act.r1_gamma = 10.0
+  c.act.r1_interval = 16
+  # Adaptive augmentation driven by the R1 EMA (act_math.ada_update); the batch in the
+  # p step is the official doubled batch, 2 * data.batch_size.
+  c.act.ada_threshold = 1e4
+  c.act.ada_length = 500000.0
+  c.act.ada_ema = 0.93
+  c.act.augment = ("xflip", "rotate90", "translate", "brightness", "contrast", "saturation",
+                   "cutout")
+  # Time input of generator and discriminator: "sigma" (raw sigma, official) or "log".
+  c.act.noise_label = "sigma"
+  # Sampling weights: "teacher" (the mu(k) EMA, official) or "trainer_ema" (config.ema).
+  c.act.sample_with = "teacher"
+  # Discriminator: the encoder half of a UNet (CIFAR-10: 128 x (1, 2, 2, 2), 3 blocks,
+  # attention at 16x16, final GroupNorm).
+  c.act.disc_channels = 128
+  c.act.disc_channel_mult = (1, 2, 2, 2)
+  c.act.disc_num_blocks = 3
+  c.act.disc_attn_resolutions = (16,)
+  c.act.disc_final_norm = True
 
   c.sample = ml_collections.ConfigDict()
   c.sample.kind = "edm"
@@ -259,9 +298,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   if config.objective.name == "stf":
     from jaxdiff.objectives.stf_objective import validate_stf_config
     validate_stf_config(config, num_devices)
-  if config.objective.name in ("ct", "ict", "ect", "sct"):
+  if config.objective.name in ("ct", "ict", "ect", "sct", "act"):
     from jaxdiff.objectives.consistency import validate_consistency_config
     validate_consistency_config(config, num_devices)
+  if config.objective.name == "act":
+    from jaxdiff.objectives.act import validate_act_config
+    validate_act_config(config, num_devices)
   if num_devices is not None:
     check_batch_divides(config.data.batch_size, num_devices)
 

@@ -25,7 +25,9 @@ CONFIG = "configs/toy2d_edm.py:smoke"
 NUM_STEPS = ru.RESUME_STEPS
 # Per-objective settings that keep toy2d smoke runs tiny.
 EXTRA = {"stf": {"stf.reference_size": 128}}
-OTHER_OBJECTIVES = [n for n in ("stf", "ect", "sct", "act") if n in objectives.REGISTRY]
+# ACT needs image data, not toy2d points: its exact resume (discriminator, its optimizer,
+# ADA state) is tested on its digits smoke recipe in test_act.py.
+OTHER_OBJECTIVES = [n for n in ("stf", "ect", "sct") if n in objectives.REGISTRY]
 
 
 def check_equals_uninterrupted(work, overrides, num_devices=None, final_stage=2):

@@ -144,7 +144,8 @@ def denoise(apply_fn: RawNetworkFn,
             train: bool = False,
             dropout_key=None,
             precond: str = "edm",
-            sigma_min: float = 0.002) -> Array:
+            sigma_min: float = 0.002,
+            noise_label: str = "log") -> Array:
   """The preconditioned denoiser D(x; sigma) = c_skip x + c_out F(c_in x, c_noise).
 
   Args:
@@ -159,6 +160,9 @@ def denoise(apply_fn: RawNetworkFn,
     precond: `"edm"` (EDM, boundary at sigma = 0) or `"cm"` (consistency
       model, f(x, sigma_min) = x exactly).
     sigma_min: the CM boundary; used only with `precond="cm"`.
+    noise_label: what the network's noise embedding receives: `"log"`
+      (EDM's c_noise = ln(sigma)/4, also CT-JAX's and ECT's) or `"sigma"`
+      (the raw sigma, as ACT's code feeds its diffusers UNet, spec §1.5).
 
   Returns:
     D(x; sigma), shaped and typed like `x`. The coefficients are computed in
@@ -174,6 +178,10 @@ def denoise(apply_fn: RawNetworkFn,
   else:
     raise ValueError(
         f"precond must be one of {_PRECONDITIONERS}, got {precond!r}.")
+  if noise_label == "sigma":
+    c_noise = sigma
+  elif noise_label != "log":
+    raise ValueError(f"noise_label must be 'log' or 'sigma', got {noise_label!r}.")
   expand = lambda c: c.reshape((batch,) + (1,) * (x.ndim - 1))
   f_out = apply_fn(params, expand(c_in) * x, c_noise, class_labels,
                    augment_labels, train, dropout_key)

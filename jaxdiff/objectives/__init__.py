@@ -32,9 +32,14 @@ def _consistency(config, apply_fn, noise_sampler, example_shape):
   return ConsistencyObjective.from_config(config, apply_fn, noise_sampler, example_shape)
 
 
+def _act(config, apply_fn, noise_sampler, example_shape):
+  from jaxdiff.objectives.act import ACTObjective
+  return ACTObjective.from_config(config, apply_fn, noise_sampler, example_shape)
+
+
 # name -> factory(config, apply_fn, noise_sampler, example_shape). Methods register here.
 REGISTRY = {"edm": _edm, "stf": _stf, "ct": _consistency, "ict": _consistency,
-            "ect": _consistency, "sct": _consistency}
+            "ect": _consistency, "sct": _consistency, "act": _act}
 
 
 def make_objective(config, apply_fn: base.ApplyFn, noise_sampler: base.NoiseSampler,

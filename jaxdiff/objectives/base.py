@@ -94,6 +94,24 @@ class Objective:
   def update_aux(self, aux: PyTree, params: PyTree, step: jax.Array) -> PyTree:
     return aux
 
+  # Static variants of the update, one compiled executable each (ACT: the plain step
+  # and the lazy-R1 step). The trainer asks `variant_for_step` on the host, from the
+  # step number only, so every host and a resumed run pick the same variant.
+  step_variants: tuple = (None,)
+
+  def variant_for_step(self, step: int):
+    return None
+
+  def after_update(self, aux: PyTree, params: PyTree, batch: dict, key: jax.Array,
+                   step: jax.Array, variant=None) -> tuple[PyTree, Metrics]:
+    """The objective's own update after the parameter update: (new aux, metrics).
+
+    `params` are the freshly updated parameters. The default is `update_aux`
+    (a teacher EMA, ...); a second player (ACT's discriminator step) overrides
+    this, with the batch and a key of its own.
+    """
+    return self.update_aux(aux, params, step), {}
+
   def denoiser(self, params: PyTree, class_labels=None) -> Callable:
     """x, sigma -> the function the sampler calls (D for edm, f for consistency)."""
     raise NotImplementedError

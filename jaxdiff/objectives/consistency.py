@@ -75,7 +75,7 @@ from jaxdiff.objectives.consistency_math import (  # noqa: F401  (re-exports)
     ict_huber_c, ict_num_scales, ict_sample_pair, karras_grid_ascending, pseudo_huber)
 from jaxdiff.objectives.consistency_math import ict_index_probs
 
-METHODS = ("ct", "ict", "ect", "sct")
+METHODS = ("ct", "ict", "ect", "sct", "act")  # act: objectives/act.py builds on this core
 METRICS = ("l1", "l2", "pseudo_huber", "lpips")
 PRECONDS = ("cm", "edm")
 R0_TARGETS = ("x0_hat", "x0")
@@ -89,6 +89,9 @@ _AUTO = {
     "ict": ("cm", None, "pseudo_huber", "ict", "ict"),
     "ect": ("edm", 0.003, "pseudo_huber", "ect", 0.0),
     "sct": ("edm", 0.003, "pseudo_huber", "ect", 0.0),
+    # ACT's LPIPS needs VGG weights jaxdiff cannot download: pseudo-Huber with iCT's c is
+    # the stand-in (a documented deviation, logged by objectives/act.py).
+    "act": ("cm", None, "pseudo_huber", "uniform", "ict"),
 }
 
 
@@ -280,6 +283,9 @@ class ConsistencyObjective(base.Objective):
   """CT / iCT / ECT / SCT (see the module docstring); `settings.method` picks one."""
 
   sampler_kind = "consistency"
+  # What the network's noise embedding gets (diffusion.denoise): ln(sigma)/4 here; ACT
+  # overrides it with the raw sigma.
+  noise_label = "log"
 
   def __init__(self, settings: Settings, apply_fn: base.ApplyFn,
                noise_sampler: base.NoiseSampler, *, example_shape, sigma_data: float = 0.5,
@@ -330,7 +336,8 @@ class ConsistencyObjective(base.Objective):
     """
     d = diffusion.denoise(self.apply_fn, params, x, t, sigma_data=self.sigma_data,
                           class_labels=labels, train=train, dropout_key=dropout_key,
-                          precond=self.settings.train_precond, sigma_min=self.settings.sigma_min)
+                          precond=self.settings.train_precond, sigma_min=self.settings.sigma_min,
+                          noise_label=self.noise_label)
     if edge is None:
       return d
     ratio = (edge / t).reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)
@@ -343,7 +350,7 @@ class ConsistencyObjective(base.Objective):
     def f(x, sigma):
       return diffusion.denoise(self.apply_fn, params, x, sigma, sigma_data=self.sigma_data,
                                class_labels=class_labels, precond="cm",
-                               sigma_min=s.sample_sigma_min)
+                               sigma_min=s.sample_sigma_min, noise_label=self.noise_label)
     return f
 
   def phase_fn(self, params, class_labels=None):
@@ -392,6 +399,11 @@ class ConsistencyObjective(base.Objective):
 
   def _masked_pair(self, key, shape, grid, probs, dtype):
     """(t, r) = (grid[i+1], grid[i]) with i ~ probs restricted to the curriculum's clusters."""
+    index = self._masked_index(key, shape, grid, probs)
+    return grid[index + 1].astype(dtype), grid[index].astype(dtype)
+
+  def _masked_index(self, key, shape, grid, probs):
+    """Pair index i ~ probs, restricted to pairs whose upper level is in an enabled cluster."""
     mask = self._curriculum_mask()
     if mask is not None and not all(mask):
       from jaxdiff.curriculum import clusters
@@ -403,8 +415,7 @@ class ConsistencyObjective(base.Objective):
       # Early in CT/iCT the grid is coarse: with no pair inside the enabled clusters,
       # fall back to all pairs rather than dividing by zero.
       probs = jnp.where(jnp.sum(masked) > 0, masked, probs)
-    index = jax.random.categorical(key, jnp.log(probs), shape=shape)
-    return grid[index + 1].astype(dtype), grid[index].astype(dtype)
+    return jax.random.categorical(key, jnp.log(probs), shape=shape)
 
   def sample_times(self, key, batch: int, step, dtype):
     """(t, r, schedule) of a step: student and teacher noise levels, both [batch]."""

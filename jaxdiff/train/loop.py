@@ -102,9 +102,20 @@ class Experiment:
         for k, v in example.items()}
     edges = step_lib.loss_bucket_edges(config.train.loss_buckets, config.objective.p_mean,
                                        config.objective.p_std) if config.train.loss_buckets else None
-    self.compiler = step_lib.StepCompiler(
-        lambda key: step_lib.make_train_step(self.objective_for(key), self.tx, config, edges),
-        self.mesh, self.state_sharding, self.abstract_state, self.abstract_batch)
+    def build(key):
+      stage, variant = step_lib.split_key(key)
+      return step_lib.make_train_step(self.objective_for(stage), self.tx, config, edges,
+                                      variant=variant)
+    self.compiler = step_lib.StepCompiler(build, self.mesh, self.state_sharding,
+                                          self.abstract_state, self.abstract_batch)
+
+  def step_key(self, stage_key, step: int):
+    """The compiled step to run at `step` in a stage: the stage, and the objective's variant."""
+    return step_lib.step_key(stage_key, self.objective.variant_for_step(step))
+
+  def all_step_keys(self, stage_keys) -> list:
+    """Every compile key of `stage_keys`: each stage times each update variant."""
+    return [step_lib.step_key(k, v) for k in stage_keys for v in self.objective.step_variants]
 
   def objective_for(self, stage_key) -> base.Objective:
     """The objective with the noise sampler of a curriculum stage (None: no curriculum)."""
@@ -486,10 +497,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
   # One compiled step per curriculum stage; later stages compile in the background.
   stage_steps = StagePrecompiler(exp.compiler)
   try:
-    stage_steps.prefetch(curriculum.keys_to_precompile())
+    # The current stage's other update variants (ACT's R1 step) compile in the
+    # background too, then the coming stages.
+    stage_steps.prefetch([k for k in exp.all_step_keys([curriculum.mask()])
+                          if k != exp.step_key(curriculum.mask(), step)])
+    stage_steps.prefetch(exp.all_step_keys(curriculum.keys_to_precompile()))
     while step < total:
       trained_stage = curriculum.stage  # the stage this step trains on (logged with it)
-      step_fn = stage_steps(curriculum.mask())
+      step_fn = stage_steps(exp.step_key(curriculum.mask(), step))
       state, metrics = step_fn(state, batches.get(step) if batches else exp.global_batch(step))
       step += 1
       if curriculum.enabled:
@@ -499,7 +514,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
         curriculum.observe(step - 1, float(metrics["loss"]) if curriculum.needs_loss else None)
         if curriculum.stage != trained_stage:
           log(f"curriculum: stage {trained_stage} -> {curriculum.stage} after step {step}")
-          stage_steps.prefetch(curriculum.keys_to_precompile())
+          stage_steps.prefetch(exp.all_step_keys([curriculum.mask()]))
+          stage_steps.prefetch(exp.all_step_keys(curriculum.keys_to_precompile()))
       if int(metrics["nonfinite_streak"]) > config.optim.max_consecutive_nonfinite:
         raise NonFiniteLossError(
             f"{int(metrics['nonfinite_streak'])} consecutive steps had non-finite gradients (up "
@@ -595,7 +611,7 @@ def compile_only(config: ml_collections.ConfigDict, mesh=None) -> list[dict]:
   exp = Experiment(config, mesh=mesh)
   log(preflight_line(exp))
   reports = []
-  for key in stage_keys(config):
+  for key in exp.all_step_keys(stage_keys(config)):
     start = time.perf_counter()
     report = compile_report(exp.compiler(key))
     report["stage"] = "all" if key is None else step_lib._describe(key)

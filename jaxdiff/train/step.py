@@ -9,7 +9,7 @@ ahead-of-time compiled executable per sampler and logs each compilation.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -71,8 +71,8 @@ def bucket_metrics(per_sample_loss, sigma, edges: np.ndarray) -> dict[str, jax.A
 
 
 def make_train_step(objective: base.Objective, tx: optax.GradientTransformation, config,
-                    bucket_edges: np.ndarray | None = None):
-  """The pure update: (state, batch) -> (state, metrics)."""
+                    bucket_edges: np.ndarray | None = None, variant=None):
+  """The pure update: (state, batch) -> (state, metrics); `variant` is static."""
   batch_size = config.data.batch_size
   policy = config.optim.nonfinite
   rng_impl = config.rng_impl
@@ -92,7 +92,9 @@ def make_train_step(objective: base.Objective, tx: optax.GradientTransformation,
     params = optax.apply_updates(state.params, updates)
     decay = optim.ema_decay(state.step, config.ema, batch_size)
     ema_params = optim.ema_update(state.ema_params, params, decay)
-    aux = objective.update_aux(state.aux, params, state.step)
+    aux, aux_metrics = objective.after_update(state.aux, params, batch,
+                                              jax.random.fold_in(key, 0x5ec0d), state.step,
+                                              variant)
     new = state.replace(step=state.step + 1, params=params, ema_params=ema_params,
                         opt_state=opt_state, aux=aux)
     if policy == "skip":
@@ -110,6 +112,7 @@ def make_train_step(objective: base.Objective, tx: optax.GradientTransformation,
     out = {"loss": loss, "grad_norm": optax.tree.norm(grads), "ema_decay": decay,
            "nonfinite_steps": new.nonfinite_steps, "nonfinite_streak": new.nonfinite_streak}
     out.update(metrics)
+    out.update(aux_metrics)
     if bucket_edges is not None and per_sample is not None and sigma is not None:
       out.update(bucket_metrics(per_sample, sigma, bucket_edges))
     return new, out
@@ -155,7 +158,25 @@ class StepCompiler:
     return len(self._compiled)
 
 
+class VariantKey(NamedTuple):
+  """The static key of a step for objectives with several update variants (ACT's R1)."""
+  stage: Any    # the curriculum stage's mask; None without the curriculum
+  variant: Any  # one of the objective's `step_variants`
+
+
+def step_key(stage, variant=None):
+  """The compile key of (stage, variant): the bare stage key when there is one variant."""
+  return stage if variant is None else VariantKey(stage, variant)
+
+
+def split_key(key) -> tuple[Any, Any]:
+  return (key.stage, key.variant) if isinstance(key, VariantKey) else (key, None)
+
+
 def _describe(key) -> str:
+  if isinstance(key, VariantKey):
+    stage = "all noise levels" if key.stage is None else _describe(key.stage)
+    return f"{stage}, variant {key.variant}"
   if isinstance(key, tuple) and key and isinstance(key[0], bool):
     return f"stage mask {''.join('1' if b else '0' for b in key)}"
   return str(key)

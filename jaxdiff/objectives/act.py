@@ -1,0 +1,312 @@
+"""ACT: Adversarial Consistency Training (Kong et al., CVPR 2024, arXiv 2311.14097).
+
+Official code kong13661/ACT (`train_cifar10.py`, `train_imagenet64.py`,
+`models/consistency_wrapper.py`); spec §5. Consistency training (CT's grid and
+EMA teacher, `consistency.py`) plus a time-conditioned discriminator:
+
+  generator      (1 - lambda(t_j)) d(f(x + t_j z, t_j), clip(f_ema(x + t_{j-1} z, t_{j-1})))
+                 + lambda(t_j) softplus(-D(A(f(x + t_j z, t_j)), t_j))
+  discriminator  lam0 [ w(t_f) softplus(D(A(sg f(x_f + t_f z', t_f)), t_f))
+                        + w(t_r) softplus(-D(A(x_r), t_r)) + R1 ]
+  R1             (gamma/2) w(t_r) ||grad_{A(x_r)} D(A(x_r), t_r)||^2, only every
+                 `r1_interval` steps (not multiplied by the interval)
+  ADA            p moves with the EMA of R1 against a threshold (`ada_update`)
+  teacher        theta_ema <- mu(k) theta_ema + (1 - mu(k)) theta; also the sampling model
+
+j ~ U{1..N(k)-1} indexes the Karras grid of N(k) levels; the teacher sits one
+grid step below. x_f, x_r and the generator's x are three different sets of
+real images: the trainer's minibatch feeds the generator, and the objective
+asks the pipeline for `batch_size` more (`reference_draws`), split in halves
+for the fakes and the reals, as the official loader's doubled batch.
+
+One jitted update holds everything: the trainer differentiates `loss` (the
+generator; the discriminator's parameters are constants there), applies the
+generator optimizer and EMA, then `after_update` runs the discriminator step
+with its own optax optimizer, the ADA update and the teacher EMA. All of it
+(discriminator parameters and optimizer state, p, the R1 EMA, the teacher)
+lives in the train state's `aux`, so it is checkpointed and sharded with the
+rest. The R1 step and the plain step are the objective's two static
+`step_variants`: two compiled executables over a run, never more.
+
+Deviations, all configurable: the consistency distance is pseudo-Huber with
+iCT's c instead of LPIPS (jaxdiff cannot download VGG weights; logged at
+start); the generator is jaxdiff's SongUNet rather than diffusers' UNet2DModel;
+the augmentation is the subset documented in `act_augment.py`.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from absl import logging
+
+from jaxdiff import parallel
+from jaxdiff.objectives import act_augment, base
+# The public pure math of api.md (jaxdiff.objectives.act.act_schedule, ...).
+from jaxdiff.objectives.act_math import act_schedule, act_time_weight, ada_update  # noqa: F401
+from jaxdiff.objectives.consistency import ConsistencyObjective, resolve_settings
+from jaxdiff.objectives.consistency_math import karras_grid_ascending
+from jaxdiff.train import optim
+
+SAMPLE_WITH = ("teacher", "trainer_ema")
+NOISE_LABELS = ("sigma", "log")
+
+
+def r1_penalty(grad_real: jax.Array, weight, gamma: float) -> jax.Array:
+  """(gamma/2) mean_b(w_b ||grad_b||^2), the official `r1_panelty` (sum over pixels)."""
+  sq = jnp.sum(jnp.square(grad_real.reshape(grad_real.shape[0], -1)), axis=1)
+  return 0.5 * gamma * jnp.mean(weight * sq)
+
+
+def discriminator_loss(fake_logits, real_logits, fake_weight, real_weight, r1, lam0: float):
+  """lam0 (mean(w_f softplus(D_fake)) + mean(w_r softplus(-D_real)) + R1)."""
+  fake = jnp.mean(fake_weight * jax.nn.softplus(fake_logits))
+  real = jnp.mean(real_weight * jax.nn.softplus(-real_logits))
+  return lam0 * (fake + real + r1), (fake, real)
+
+
+def generator_loss(consistency, adversarial, lam):
+  """Per sample (1 - lambda) L_CT + lambda L_G (the official `torch.lerp`)."""
+  return consistency + lam * (adversarial - consistency)
+
+
+class ACTObjective(ConsistencyObjective):
+  """CT with an adversarial term; see the module docstring."""
+
+  def __init__(self, settings, apply_fn, noise_sampler, *, act_config, discriminator,
+               example_shape, seed: int, rng_impl: str, **kw):
+    super().__init__(settings, apply_fn, noise_sampler, example_shape=example_shape, **kw)
+    a = act_config
+    self.noise_label = a.noise_label
+    self.lam0 = float(a.lam0)
+    self.w_mid = float(a.w_mid)
+    self.n_min, self.n_max, self.mu0 = int(a.n_min), int(a.n_max), float(a.mu0)
+    self.r1_gamma = float(a.r1_gamma)
+    self.r1_interval = int(a.r1_interval)
+    self.ada_threshold = float(a.ada_threshold)
+    self.ada_length = float(a.ada_length)
+    self.ada_ema = float(a.ada_ema)
+    self.augmentations = tuple(a.augment)
+    self.sample_with = a.sample_with
+    self.disc = discriminator
+    self.d_tx = optax.radam(float(a.d_lr), b1=float(a.d_b1), b2=float(a.d_b2))
+    self.seed = int(seed)
+    self.rng_impl = rng_impl
+    # The R1 step and the plain step: two static variants, one compilation each.
+    self.step_variants = (False, True) if self.r1_gamma > 0 else (False,)
+
+  @classmethod
+  def from_config(cls, config, apply_fn, noise_sampler, example_shape) -> "ACTObjective":
+    from jaxdiff.models.discriminator import build_discriminator
+    settings = resolve_settings(config, example_shape)
+    if settings.metric != "lpips":
+      logging.warning("ACT: consistency distance %s (c=%g) instead of the paper's LPIPS, which "
+                      "needs VGG weights jaxdiff does not download (a deviation).",
+                      settings.metric, settings.huber_c)
+    disc = build_discriminator(config.act, image_shape=example_shape,
+                               num_classes=config.data.num_classes, dtype=config.model.dtype)
+    return cls(settings, apply_fn, noise_sampler, act_config=config.act, discriminator=disc,
+               example_shape=example_shape, seed=config.seed, rng_impl=config.rng_impl,
+               sigma_data=config.objective.sigma_data, num_classes=config.data.num_classes,
+               ema_config=config.ema, batch_size=config.data.batch_size,
+               sample_sigmas=config.sample.consistency_sigmas)
+
+  # The discriminator's real and fake images: `batch_size` more examples a step.
+  @property
+  def reference_draws(self) -> int:
+    return self.batch_size
+
+  def variant_for_step(self, step: int) -> bool:
+    return self.r1_gamma > 0 and step % self.r1_interval == 0
+
+  # ---------------------------------------------------------------- schedules
+
+  def schedule(self, step):
+    progress = jnp.asarray(step, jnp.float32) / self.settings.schedule_steps
+    num_bins, mu = act_schedule(jnp.minimum(progress, 1.0), self.n_min, self.n_max, self.mu0)
+    return {"num_scales": num_bins, "target_ema": mu}
+
+  def sample_index(self, key, batch: int, num_bins, dtype):
+    """(j, t_j, t_{j-1}): j ~ U{1..N-1} (restricted to the curriculum's clusters)."""
+    s = self.settings
+    size = self.n_max
+    grid = karras_grid_ascending(num_bins, s.sigma_min, s.sigma_max, s.rho, size=size,
+                                 dtype=jnp.float32)
+    valid = jnp.arange(size - 1) < num_bins - 1
+    probs = jnp.where(valid, 1.0, 0.0) / (num_bins - 1).astype(jnp.float32)
+    i = self._masked_index(key, (batch,), grid, probs)
+    return i + 1, grid[i + 1].astype(dtype), grid[i].astype(dtype)
+
+  def sample_times(self, key, batch, step, dtype):
+    sched = self.schedule(step)
+    j, t, r = self.sample_index(key, batch, sched["num_scales"], dtype)
+    return t, r, dict(sched, index=j)
+
+  def gan_weight(self, j, num_bins):
+    """w(t_j): 1 (w_mid = 0, CIFAR-10) or ACT's power law over the bin index."""
+    if self.w_mid <= 0:
+      return jnp.ones(jnp.shape(j), jnp.float32)
+    return act_time_weight(j, num_bins, self.lam0, self.w_mid).astype(jnp.float32)
+
+  # ---------------------------------------------------------------- networks
+
+  def discriminate(self, disc_params, x, t, labels=None):
+    time = t if self.noise_label == "sigma" else jnp.log(t) / 4
+    return self.disc.apply({"params": disc_params}, x, time, labels).astype(jnp.float32)
+
+  def augment(self, key, x, p):
+    return act_augment.augment(key, x, p, self.augmentations)
+
+  # ---------------------------------------------------------------- generator
+
+  def loss(self, params, aux, batch, key, step):
+    out = self.terms(params, aux["teacher"], batch, key, step)
+    t, j, num_bins = out["sigma"], out["index"], out["num_scales"]
+    student = out["student"]
+    # Only the teacher's output is clipped to the data range (official).
+    target = jnp.clip(out["target"], -1.0, 1.0)
+    consistency = self.distance(student - target).astype(jnp.float32)
+    metrics = {"act/consistency": jnp.mean(consistency), "act/num_bins": num_bins,
+               "act/ema_decay": out["target_ema"], "act/aug_p": aux["p"],
+               "act/r1_ema": aux["r1_ema"]}
+    if self.lam0 == 0:
+      # The official code skips the discriminator when gan_ratio = 0: plain CT.
+      per_sample = consistency
+    else:
+      lam = self.lam0 * self.gan_weight(j, num_bins)
+      labels = base.one_hot_labels(batch, self.num_classes, student.dtype)
+      fake = self.augment(jax.random.fold_in(key, 1), student, aux["p"])
+      adversarial = jax.nn.softplus(-self.discriminate(aux["disc"], fake, t, labels))
+      per_sample = generator_loss(consistency, adversarial, lam)
+      metrics.update({"act/g_adversarial": jnp.mean(adversarial), "act/lambda": jnp.mean(lam)})
+    metrics.update({"per_sample_loss": per_sample, "sigma": t})
+    return jnp.mean(per_sample), metrics
+
+  # ---------------------------------------------------------------- aux state
+
+  def init_aux(self, params):
+    key = jax.random.fold_in(jax.random.key(self.seed, impl=self.rng_impl), 3)
+    h, w, c = self.example_shape
+    labels = jnp.zeros((1, self.num_classes), jnp.float32) if self.num_classes else None
+    variables = self.disc.init(key, jnp.zeros((1, h, w, c), jnp.float32), jnp.ones((1,)), labels)
+    disc = nn.meta.unbox(variables["params"])
+    return {"teacher": jax.tree.map(jnp.copy, params), "disc": disc,
+            "disc_opt": self.d_tx.init(disc), "p": jnp.zeros((), jnp.float32),
+            "r1_ema": jnp.asarray(self.ada_threshold, jnp.float32)}
+
+  def after_update(self, aux, params, batch, key, step, variant=None):
+    """Discriminator step (R1 and ADA when `variant`), then the teacher EMA."""
+    with_r1 = bool(variant)
+    aux = dict(aux)
+    sched = self.schedule(step)
+    num_bins = sched["num_scales"]
+    reals = batch["reference"]
+    half = reals.shape[0] // 2
+    x_fake_src, x_real = reals[:half], reals[half:]
+    labels = base.one_hot_labels({"label": batch["reference_label"]}, self.num_classes,
+                                 reals.dtype) if "reference_label" in batch else None
+    labels_fake = labels[:half] if labels is not None else None
+    labels_real = labels[half:] if labels is not None else None
+    if self.mesh is not None:
+      # Keep both halves spread over every device (the slice would otherwise sit on half).
+      shard = parallel.batch_sharding(self.mesh, reals.ndim)
+      x_fake_src = jax.lax.with_sharding_constraint(x_fake_src, shard)
+      x_real = jax.lax.with_sharding_constraint(x_real, shard)
+    k_tf, k_tr, k_noise, k_drop, k_aug_f, k_aug_r = jax.random.split(key, 6)
+    j_f, t_f, _ = self.sample_index(k_tf, half, num_bins, reals.dtype)
+    j_r, t_r, _ = self.sample_index(k_tr, reals.shape[0] - half, num_bins, reals.dtype)
+    z = jax.random.normal(k_noise, x_fake_src.shape, reals.dtype)
+    x_t = x_fake_src + t_f.reshape(-1, 1, 1, 1) * z
+    # Fakes from the online generator after its update, under no gradient (official).
+    fake = jax.lax.stop_gradient(self.training_fn(params, x_t, t_f, labels_fake, k_drop))
+    fake = jax.lax.stop_gradient(self.augment(k_aug_f, fake, aux["p"]))
+    real = self.augment(k_aug_r, x_real, aux["p"])  # R1 differentiates w.r.t. this input
+    w_f, w_r = self.gan_weight(j_f, num_bins), self.gan_weight(j_r, num_bins)
+
+    def d_loss(disc_params):
+      fake_logits = self.discriminate(disc_params, fake, t_f, labels_fake)
+      if with_r1:
+        real_logits, pullback = jax.vjp(
+            lambda x: self.discriminate(disc_params, x, t_r, labels_real), real)
+        (grad_real,) = pullback(jnp.ones_like(real_logits))
+        r1 = r1_penalty(grad_real, w_r, self.r1_gamma)
+      else:
+        real_logits = self.discriminate(disc_params, real, t_r, labels_real)
+        r1 = jnp.zeros((), jnp.float32)
+      total, (fake_term, real_term) = discriminator_loss(fake_logits, real_logits, w_f, w_r,
+                                                         r1, self.lam0)
+      return total, {"act/d_loss": total, "act/d_fake": fake_term, "act/d_real": real_term,
+                     "act/r1": r1, "act/d_real_logit": jnp.mean(real_logits),
+                     "act/d_fake_logit": jnp.mean(fake_logits)}
+
+    (_, metrics), grads = jax.value_and_grad(d_loss, has_aux=True)(aux["disc"])
+    finite = optim.all_finite(grads)
+    updates, disc_opt = self.d_tx.update(grads, aux["disc_opt"], aux["disc"])
+    disc = optax.apply_updates(aux["disc"], updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    aux["disc"], aux["disc_opt"] = keep(disc, aux["disc"]), keep(disc_opt, aux["disc_opt"])
+    metrics["act/d_nonfinite"] = (~finite).astype(jnp.int32)
+    if with_r1:
+      p, r1_ema = ada_update(aux["p"], aux["r1_ema"], metrics["act/r1"], self.ada_threshold,
+                             2 * self.batch_size, self.r1_interval, self.ada_length, self.ada_ema)
+      aux["p"], aux["r1_ema"] = jnp.where(finite, p, aux["p"]), jnp.where(finite, r1_ema,
+                                                                           aux["r1_ema"])
+    mu = sched["target_ema"]
+    aux["teacher"] = jax.tree.map(lambda a, p: (a * mu + p * (1 - mu)).astype(a.dtype),
+                                  aux["teacher"], params)
+    return aux, metrics
+
+  def update_aux(self, aux, params, step):
+    raise NotImplementedError("ACT updates its state in after_update (it needs the batch).")
+
+  # ---------------------------------------------------------------- sampling
+
+  def sampling_params(self, params, aux):
+    """The mu(k) EMA teacher (official: the same EMA teaches and samples), or the trainer's."""
+    if self.sample_with == "teacher" and aux and "teacher" in aux:
+      return aux["teacher"]
+    return params
+
+
+def validate_act_config(config, num_devices: int | None = None) -> None:
+  """Config checks of ACT (called by `jaxdiff.config.validate`)."""
+  from jaxdiff.config import ConfigError
+  a = config.act
+  if config.data.name == "toy2d":
+    raise ConfigError("objective.name='act' needs image data (its discriminator is a UNet "
+                      "encoder); config.data.name='toy2d' has 2-d points. Use digits, tfds or "
+                      "folder data.")
+  if config.data.batch_size % 2:
+    raise ConfigError(f"config.data.batch_size={config.data.batch_size} must be even for ACT: "
+                      "the discriminator's extra batch is split into fakes and reals.")
+  if not 0.0 <= a.lam0 <= 1.0:
+    raise ConfigError(f"config.act.lam0={a.lam0!r} must be in [0, 1] (CIFAR-10: 0.3).")
+  if a.w_mid < 0 or (a.w_mid > 0 and not a.w_mid < a.lam0):
+    raise ConfigError(f"config.act.w_mid={a.w_mid!r} must be 0 (constant lambda) or in "
+                      f"(0, lam0={a.lam0}) (ImageNet-64: 0.2 with lam0 0.6).")
+  if not 2 <= a.n_min < a.n_max:
+    raise ConfigError(f"config.act.n_min={a.n_min!r}, n_max={a.n_max!r}: need 2 <= n_min < "
+                      "n_max (CIFAR-10: 2, 150).")
+  if not 0.0 < a.mu0 < 1.0:
+    raise ConfigError(f"config.act.mu0={a.mu0!r} must be in (0, 1).")
+  if a.r1_gamma < 0 or int(a.r1_interval) < 1:
+    raise ConfigError(f"config.act.r1_gamma={a.r1_gamma!r} must be >= 0 and "
+                      f"r1_interval={a.r1_interval!r} >= 1 (official: 10, 16).")
+  if a.noise_label not in NOISE_LABELS:
+    raise ConfigError(f"config.act.noise_label={a.noise_label!r}; choose one of {NOISE_LABELS}.")
+  if a.sample_with not in SAMPLE_WITH:
+    raise ConfigError(f"config.act.sample_with={a.sample_with!r}; choose one of {SAMPLE_WITH}.")
+  unknown = set(a.augment) - set(act_augment.OPERATIONS)
+  if unknown:
+    raise ConfigError(f"config.act.augment has unknown operation(s) {sorted(unknown)}; choose "
+                      f"from {act_augment.OPERATIONS}.")
+  levels = len(a.disc_channel_mult)
+  if config.data.image_size % 2 ** (levels - 1):
+    raise ConfigError(f"config.act.disc_channel_mult={tuple(a.disc_channel_mult)} has {levels} "
+                      f"levels; the image side {config.data.image_size} must be divisible by "
+                      f"{2 ** (levels - 1)}. Use fewer levels.")
+  if num_devices is not None and (config.data.batch_size // 2) % num_devices:
+    raise ConfigError(f"ACT splits config.data.batch_size={config.data.batch_size} extra images "
+                      f"into two halves sharded over {num_devices} devices; use a batch size "
+                      f"divisible by {2 * num_devices}.")
