@@ -20,6 +20,7 @@ subset of act_augment.py; the official first update runs at lr 0 (its
 warm-up of 1 step), here at lr.
 """
 from jaxdiff.config import base_config
+from jaxdiff.objectives import act
 
 
 def get_config(arg: str = ""):
@@ -72,33 +73,8 @@ def get_config(arg: str = ""):
   c.sample.num_samples = 64
   c.eval.num_samples = 50000
   if arg == "smoke":
-    apply_smoke(c)
+    act.apply_smoke(c)
   elif arg:
     raise ValueError(f"Unknown config arg {arg!r}; use '' or 'smoke'.")
   return c
 
-
-def apply_smoke(c):
-  """The built-in digits data (no download) and one-level 8-channel networks, 5 steps."""
-  c.data.name = "digits"
-  c.data.tfds_name = ""
-  c.data.image_size = 8
-  c.data.channels = 1
-  c.data.batch_size = 16
-  c.data.random_flip = False
-  c.model.model_channels = 8
-  c.model.channel_mult = (1,)
-  c.model.num_blocks = 1
-  c.model.attn_resolutions = ()
-  c.act.disc_channels = 8
-  c.act.disc_channel_mult = (1,)
-  c.act.disc_num_blocks = 1
-  c.act.disc_attn_resolutions = ()
-  c.act.r1_interval = 4
-  c.train.num_steps = 5
-  c.train.log_every = 1
-  c.train.ckpt_every = 5
-  c.train.sample_every = 0
-  c.train.loss_buckets = 0
-  c.sample.num_samples = 16
-  c.eval.num_samples = 64

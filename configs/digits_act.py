@@ -16,6 +16,7 @@ lr 2e-4, 3000 steps. The consistency distance is pseudo-Huber (no LPIPS
 weights; see objectives/act.py). One-step samples from sigma = 80.
 """
 from jaxdiff.config import base_config
+from jaxdiff.objectives import act
 
 
 def get_config(arg: str = ""):
@@ -66,27 +67,8 @@ def get_config(arg: str = ""):
   c.sample.consistency_sigmas = (80.0,)
   c.eval.num_samples = 1024
   if arg == "smoke":
-    apply_smoke(c)
+    act.apply_smoke(c)
   elif arg:
     raise ValueError(f"Unknown config arg {arg!r}; use '' or 'smoke'.")
   return c
 
-
-def apply_smoke(c):
-  """One-level 8-channel networks, 5 steps with R1 at steps 0 and 4."""
-  c.data.batch_size = 16
-  c.model.model_channels = 8
-  c.model.channel_mult = (1,)
-  c.model.num_blocks = 1
-  c.model.attn_resolutions = ()
-  c.act.disc_channels = 8
-  c.act.disc_channel_mult = (1,)
-  c.act.disc_num_blocks = 1
-  c.act.disc_attn_resolutions = ()
-  c.act.r1_interval = 4
-  c.train.num_steps = 5
-  c.train.log_every = 1
-  c.train.ckpt_every = 5
-  c.train.loss_buckets = 0
-  c.sample.num_samples = 16
-  c.eval.num_samples = 64

@@ -310,3 +310,32 @@ def validate_act_config(config, num_devices: int | None = None) -> None:
     raise ConfigError(f"ACT splits config.data.batch_size={config.data.batch_size} extra images "
                       f"into two halves sharded over {num_devices} devices; use a batch size "
                       f"divisible by {2 * num_devices}.")
+
+
+def apply_smoke(c, num_classes: int = 0) -> None:
+  """The `:smoke` variant of every ACT recipe: built-in digits (no download), one-level
+  8-channel generator and discriminator, 5 steps with R1 at steps 0 and 4 (both variants)."""
+  c.data.name = "digits"
+  c.data.tfds_name = ""
+  c.data.image_size = 8
+  c.data.channels = 1
+  c.data.num_classes = num_classes
+  c.data.batch_size = 16
+  c.data.random_flip = False
+  c.model.model_channels = 8
+  c.model.channel_mult = (1,)
+  c.model.num_blocks = 1
+  c.model.attn_resolutions = ()
+  c.act.disc_channels = 8
+  c.act.disc_channel_mult = (1,)
+  c.act.disc_num_blocks = 1
+  c.act.disc_attn_resolutions = ()
+  c.act.r1_interval = 4
+  c.act.ada_threshold = 1e4
+  c.train.num_steps = 5
+  c.train.log_every = 1
+  c.train.ckpt_every = 5
+  c.train.sample_every = 0
+  c.train.loss_buckets = 0
+  c.sample.num_samples = 16
+  c.eval.num_samples = 64
