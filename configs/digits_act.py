@@ -12,8 +12,10 @@ for the generator and (0, 0.99 * 16/17) for the discriminator, lazy R1
 (gamma 10, every 16 steps) and R1-driven adaptive augmentation (threshold 1e4).
 Scaled to digits (ours): a 32-channel two-level SongUNet generator, a
 discriminator of the same width (encoder half, 2 blocks per level), batch 64,
-lr 2e-4, 3000 steps. The consistency distance is pseudo-Huber (no LPIPS
-weights; see objectives/act.py). One-step samples from sigma = 80.
+lr 2e-4, 3000 steps. The consistency distance is pseudo-Huber: the paper's LPIPS
+needs VGG16 weights from a file (--config.consistency.metric=lpips
+--config.consistency.lpips_weights=lpips_vgg.npz; see objectives/lpips.py).
+One-step samples from sigma = 80.
 """
 from jaxdiff.config import base_config
 from jaxdiff.objectives import act

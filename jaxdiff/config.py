@@ -136,12 +136,14 @@ def base_config() -> ml_collections.ConfigDict:
   # CM boundary used for sampling; 0: auto (ct/ict: sigma_min; ect/sct: 0.003, ECT's eval).
   c.consistency.sample_sigma_min = 0.0
   # Distance: l1 / l2 (CT-JAX: mean over pixels), pseudo_huber (sqrt(||d||^2 + c^2) - c,
-  # iCT/ECT), lpips (needs user-supplied VGG weights in lpips_weights; not implemented).
+  # iCT/ECT), lpips (LPIPS-VGG16 v0.1; needs the user-supplied .npz in lpips_weights, see
+  # jaxdiff/objectives/lpips.py).
   # auto: ct l2; ict/ect/sct pseudo_huber.
   c.consistency.metric = "auto"
   # Pseudo-Huber c; < 0: auto (ict: 0.00054 sqrt(d); ect/sct: 0.0, ECT's CIFAR-10 value).
   c.consistency.huber_c = -1.0
   c.consistency.lpips_weights = ""
+  c.consistency.lpips_resolution = 224     # LPIPS inputs resized (bilinear) to this; 0: none
   # lambda(t, r): uniform | snr | snrp1 | truncated_snr | ict | ect | edm; auto: ct uniform,
   # ict 1/(t-r), ect/sct 1/(t-r) (ECT CIFAR-10; ImageNet-64 uses edm = ECT's 'snrpk').
   c.consistency.weighting = "auto"

@@ -105,8 +105,8 @@ def test_lpips_needs_weights_and_bad_values_are_named():
   c.consistency.metric = "lpips"
   with pytest.raises(config_lib.ConfigError, match=r"lpips_weights=/path"):
     config_lib.validate(c)
-  c.consistency.lpips_weights = "/tmp/vgg.npz"
-  with pytest.raises(config_lib.ConfigError, match="not implemented"):
+  c.consistency.lpips_weights = "/tmp/no_such_dir/vgg.npz"
+  with pytest.raises(config_lib.ConfigError, match="does not exist"):
     config_lib.validate(c)
   c.consistency.metric = "auto"
   c.consistency.weighting = "lognormal"

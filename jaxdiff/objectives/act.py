@@ -28,8 +28,10 @@ lives in the train state's `aux`, so it is checkpointed and sharded with the
 rest. The R1 step and the plain step are the objective's two static
 `step_variants`: two compiled executables over a run, never more.
 
-Deviations, all configurable: the consistency distance is pseudo-Huber with
-iCT's c instead of LPIPS (jaxdiff cannot download VGG weights; logged at
+Deviations, all configurable: the consistency distance is the paper's LPIPS
+only when the user supplies converted VGG16 weights (`consistency.metric=lpips`,
+`consistency.lpips_weights`, see `objectives/lpips.py`); by default it is
+pseudo-Huber with iCT's c (jaxdiff never downloads weights; a warning says so at
 start); the generator is jaxdiff's SongUNet rather than diffusers' UNet2DModel;
 the augmentation is the subset documented in `act_augment.py`.
 """
@@ -166,7 +168,7 @@ class ACTObjective(ConsistencyObjective):
     student = out["student"]
     # Only the teacher's output is clipped to the data range (official).
     target = jnp.clip(out["target"], -1.0, 1.0)
-    consistency = self.distance(student - target).astype(jnp.float32)
+    consistency = self.per_sample_distance(student, target).astype(jnp.float32)
     metrics = {"act/consistency": jnp.mean(consistency), "act/num_bins": num_bins,
                "act/ema_decay": out["target_ema"], "act/aug_p": aux["p"],
                "act/r1_ema": aux["r1_ema"]}

@@ -58,6 +58,7 @@ calls differently (FMA contraction), which leaves differences of a few ulps.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable
 
 import flax.struct
@@ -90,7 +91,8 @@ _AUTO = {
     "ect": ("edm", 0.003, "pseudo_huber", "ect", 0.0),
     "sct": ("edm", 0.003, "pseudo_huber", "ect", 0.0),
     # ACT's LPIPS needs VGG weights jaxdiff cannot download: pseudo-Huber with iCT's c is
-    # the stand-in (a documented deviation, logged by objectives/act.py).
+    # the stand-in (a documented deviation, logged by objectives/act.py) unless the user
+    # sets metric='lpips' with lpips_weights.
     "act": ("cm", None, "pseudo_huber", "uniform", "ict"),
 }
 
@@ -128,6 +130,10 @@ class Settings:
   guidance: str
   guidance_scale: float
   snapshot_step: int
+  # metric == "lpips": the converter's .npz (objectives/lpips.py) and the side both images
+  # are bilinearly resized to first (CT/ACT: 224; 0: no resize).
+  lpips_weights: str = ""
+  lpips_resolution: int = 224
 
 
 def _config_error(msg: str):
@@ -151,15 +157,29 @@ def resolve_settings(config, example_shape) -> Settings:
   if metric not in METRICS:
     raise _config_error(f"config.consistency.metric={c.metric!r} is not allowed; choose one "
                         f"of {('auto',) + METRICS}.")
+  lpips_resolution = int(c.get("lpips_resolution", 224))
   if metric == "lpips":
+    from jaxdiff.objectives import lpips as lpips_lib
     if not c.lpips_weights:
       raise _config_error(
           "config.consistency.metric='lpips' needs VGG16 LPIPS weights from a file "
-          "(config.consistency.lpips_weights=/path/to/weights); jaxdiff never downloads "
-          "weights. Or use metric='pseudo_huber' (iCT/ECT) or 'l2'.")
-    raise _config_error(
-        f"config.consistency.metric='lpips' (weights {c.lpips_weights!r}) is not implemented in "
-        "jaxdiff yet; use metric='pseudo_huber' (iCT's replacement for LPIPS) or 'l2'.")
+          "(config.consistency.lpips_weights=/path/to/lpips_vgg.npz, made with "
+          f"`{lpips_lib.CONVERT_COMMAND}`); jaxdiff never downloads weights. Or use "
+          "metric='pseudo_huber' (iCT/ECT) or 'l2'.")
+    if not os.path.isfile(c.lpips_weights):
+      raise _config_error(
+          f"config.consistency.lpips_weights={c.lpips_weights!r} does not exist. Expected "
+          f"{lpips_lib.EXPECTED_FORMAT}.")
+    if len(example_shape) != 3 or example_shape[-1] not in (1, 3):
+      raise _config_error(
+          f"config.consistency.metric='lpips' compares images (NHWC, 1 or 3 channels); the data "
+          f"examples have shape {tuple(example_shape)}. Use metric='pseudo_huber' or 'l2'.")
+    side = lpips_resolution or min(example_shape[:2])
+    if lpips_resolution < 0 or side < lpips_lib.MIN_RESOLUTION:
+      raise _config_error(
+          f"config.consistency.lpips_resolution={lpips_resolution} gives {side}x{side} LPIPS "
+          f"inputs; VGG16 needs at least {lpips_lib.MIN_RESOLUTION} (CT/ACT: 224; 0 keeps the "
+          "data's size).")
   weighting = auto_weighting if c.weighting == "auto" else c.weighting
   if weighting not in CONSISTENCY_WEIGHTINGS:
     raise _config_error(f"config.consistency.weighting={c.weighting!r} is not allowed; choose "
@@ -216,7 +236,9 @@ def resolve_settings(config, example_shape) -> Settings:
       q=float(c.q), k=float(c.k), b=float(c.b), mapping=c.mapping, r0_target=c.r0_target,
       phase_edges=edges, edge_skip_eta=float(c.edge_skip_eta), guidance=c.guidance,
       guidance_scale=float(c.guidance_scale),
-      snapshot_step=max(int(round(c.guidance_snapshot_fraction * schedule_steps)), 1))
+      snapshot_step=max(int(round(c.guidance_snapshot_fraction * schedule_steps)), 1),
+      lpips_weights=str(c.lpips_weights) if metric == "lpips" else "",
+      lpips_resolution=lpips_resolution)
 
 
 def validate_consistency_config(config, num_devices: int | None = None) -> None:
@@ -290,7 +312,7 @@ class ConsistencyObjective(base.Objective):
   def __init__(self, settings: Settings, apply_fn: base.ApplyFn,
                noise_sampler: base.NoiseSampler, *, example_shape, sigma_data: float = 0.5,
                num_classes: int = 0, ema_config=None, batch_size: int = 1,
-               sample_sigmas=(80.0,), stf_helper=None):
+               sample_sigmas=(80.0,), stf_helper=None, lpips_params=None):
     self.settings = settings
     self.method = settings.method
     self.apply_fn = apply_fn
@@ -304,6 +326,13 @@ class ConsistencyObjective(base.Objective):
     self._stf = stf_helper
     if self.method == "sct" and stf_helper is None:
       raise ValueError("SCT needs an STF helper for its reference-set target.")
+    # LPIPS-VGG16 weights (metric 'lpips'), loaded once; constants of the jitted step.
+    self.lpips_params = None
+    if settings.metric == "lpips":
+      if lpips_params is None:
+        from jaxdiff.objectives import lpips as lpips_lib
+        lpips_params = lpips_lib.load_params(settings.lpips_weights)
+      self.lpips_params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), lpips_params)
 
   @classmethod
   def from_config(cls, config, apply_fn, noise_sampler, example_shape) -> "ConsistencyObjective":
@@ -474,14 +503,29 @@ class ConsistencyObjective(base.Objective):
     return x0_hat + expand(r) * eps_hat
 
   def distance(self, delta):
-    """Per-sample d(.) of the configured metric ([B])."""
+    """Per-sample d(.) of a metric of the difference alone (l1, l2, pseudo_huber), [B]."""
     m = self.settings.metric
+    if m == "lpips":
+      raise ValueError("LPIPS needs both images: use per_sample_distance(student, target).")
     flat = delta.reshape(delta.shape[0], -1)
     if m == "l1":
       return jnp.mean(jnp.abs(flat), axis=-1)
     if m == "l2":
       return jnp.mean(jnp.square(flat), axis=-1)
     return pseudo_huber(delta, self.settings.huber_c)
+
+  def per_sample_distance(self, student, target):
+    """d(student, target) of the configured metric, per sample ([B]).
+
+    LPIPS (CT, ACT): both images, NHWC in [-1, 1], bilinearly resized to
+    `lpips_resolution`, through LPIPS-VGG16 v0.1 in float32 (objectives/lpips.py).
+    """
+    s = self.settings
+    if s.metric == "lpips":
+      from jaxdiff.objectives import lpips as lpips_lib
+      return lpips_lib.lpips_distance(self.lpips_params, student, target,
+                                      resize=s.lpips_resolution or None)
+    return self.distance(student - target)
 
   def terms(self, params, teacher_params, batch, key, step, teacher_dropout_key=None):
     """Everything of one step's loss, per sample; `loss` averages `per_sample_loss`.
@@ -527,7 +571,7 @@ class ConsistencyObjective(base.Objective):
           self.training_fn(teacher_params, x_r, r, labels, teacher_key))
     target = jax.lax.stop_gradient(target)
     delta = student - target
-    dist = self.distance(delta)
+    dist = self.per_sample_distance(student, target)
     weight = consistency_weight(t, r, s.weighting, self.sigma_data).astype(dtype)
     out = {"per_sample_loss": dist * weight, "sigma": t, "r": r, "x_t": x_t, "x_r": x_r,
            "delta": delta, "student": student, "target": target, "eps": eps}
