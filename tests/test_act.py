@@ -97,6 +97,10 @@ def test_lambda_zero_is_the_ct_loss_and_ignores_the_discriminator(setup):
   # No discriminator in the generator's gradient at lambda = 0 ...
   other_disc = jax.tree.map(lambda d: d + 1.0, state.aux["disc"])
   chex.assert_trees_all_equal(grads, ct_step(dict(state.aux, disc=other_disc))[1])
+  # The discriminator step changes nothing but the teacher at lambda = 0 (its loss is 0).
+  aux, _ = d_step(obj, True)(state.aux, state.params, batch, key, step)
+  chex.assert_trees_all_equal((aux["disc"], aux["disc_opt"], aux["p"]),
+                              (state.aux["disc"], state.aux["disc_opt"], state.aux["p"]))
   # ... and it is there at lambda > 0 (the check above is not vacuous).
   gan_step = loss_and_grad(objective_with(exp, lam0=0.3))
   g1, g2 = gan_step(state.aux)[1], gan_step(dict(state.aux, disc=other_disc))[1]
@@ -147,7 +151,10 @@ def test_r1_only_on_interval_steps_and_its_gradient_matches_finite_differences(s
   key = jax.random.key(1)
   aux0, m0 = d_step(obj, False)(state.aux, state.params, batch, key, jnp.asarray(1))
   aux1, m1 = d_step(obj, True)(state.aux, state.params, batch, key, jnp.asarray(4))
-  assert float(m0["act/r1"]) == 0.0 and float(m1["act/r1"]) > 0.0
+  assert float(m1["act/r1"]) > 0.0 and float(aux1["r1_last"]) == float(m1["act/r1"])
+  # Off-interval steps compute no R1: they report the latest one (none yet: 0).
+  assert float(m0["act/r1"]) == float(state.aux["r1_last"]) == 0.0
+  assert float(aux0["r1_last"]) == 0.0
   # Off-interval steps leave the ADA state alone.
   assert float(aux0["p"]) == float(state.aux["p"])
   assert float(aux0["r1_ema"]) == float(state.aux["r1_ema"])
@@ -208,7 +215,8 @@ def test_discriminator_step_moves_only_the_discriminator_and_the_teacher(setup):
   assert any(jax.tree.leaves(changed))
   assert int(metrics["act/d_nonfinite"]) == 0
   # teacher <- mu teacher + (1 - mu) params with mu(k) of the step
-  mu = float(obj.schedule(jnp.asarray(1))["target_ema"])
+  mu = float(obj.schedule(jnp.asarray(1), 1.0)["target_ema"])  # mu(k) after the iteration
+  np.testing.assert_allclose(mu, act.act_schedule(2 / 5, 2, 150, 0.9)[1], rtol=1e-6)
   moved = jax.tree.map(lambda p: p + 1.0, state.params)
   aux2, _ = step_fn(state.aux, moved, batch, jax.random.key(3), jnp.asarray(1))
   jax.tree.map(lambda new, old, p: np.testing.assert_allclose(new, mu * old + (1 - mu) * p,
@@ -321,7 +329,7 @@ def test_smoke_run_compiles_two_variants_checkpoints_the_discriminator_and_resum
     checkpointer.close()
   assert step == 5
   aux = restored.aux
-  assert set(aux) == {"teacher", "disc", "disc_opt", "p", "r1_ema"}
+  assert set(aux) == {"teacher", "disc", "disc_opt", "p", "r1_ema", "r1_last"}
   init = exp.init_state()
   moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), aux["disc"], init.aux["disc"])
   assert any(jax.tree.leaves(moved))

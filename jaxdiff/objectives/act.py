@@ -124,8 +124,15 @@ class ACTObjective(ConsistencyObjective):
 
   # ---------------------------------------------------------------- schedules
 
-  def schedule(self, step):
-    progress = jnp.asarray(step, jnp.float32) / self.settings.schedule_steps
+  def schedule(self, step, offset: float = 0.0):
+    """N(k) and mu(k) at progress (step + offset) / K.
+
+    The official code reads both from Lightning's global_step, which counts the
+    two optimizer steps of an iteration: the generator step of iteration k sees
+    progress k/K (offset 0), the discriminator step (k + 1/2)/K (offset 0.5) and
+    the EMA after the iteration (k + 1)/K (offset 1). The offsets reproduce that.
+    """
+    progress = (jnp.asarray(step, jnp.float32) + offset) / self.settings.schedule_steps
     num_bins, mu = act_schedule(jnp.minimum(progress, 1.0), self.n_min, self.n_max, self.mu0)
     return {"num_scales": num_bins, "target_ema": mu}
 
@@ -195,14 +202,21 @@ class ACTObjective(ConsistencyObjective):
     disc = nn.meta.unbox(variables["params"])
     return {"teacher": jax.tree.map(jnp.copy, params), "disc": disc,
             "disc_opt": self.d_tx.init(disc), "p": jnp.zeros((), jnp.float32),
-            "r1_ema": jnp.asarray(self.ada_threshold, jnp.float32)}
+            "r1_ema": jnp.asarray(self.ada_threshold, jnp.float32),
+            "r1_last": jnp.zeros((), jnp.float32)}
 
   def after_update(self, aux, params, batch, key, step, variant=None):
     """Discriminator step (R1 and ADA when `variant`), then the teacher EMA."""
     with_r1 = bool(variant)
     aux = dict(aux)
-    sched = self.schedule(step)
-    num_bins = sched["num_scales"]
+    mu = self.schedule(step, 1.0)["target_ema"]
+    teacher = jax.tree.map(lambda a, p: (a * mu + p * (1 - mu)).astype(a.dtype),
+                           aux["teacher"], params)
+    if self.lam0 == 0:
+      # The discriminator's loss is lam0 * (...) = 0: its gradients are zero and RAdam
+      # leaves it unchanged, as in the official code, so the step is skipped.
+      return dict(aux, teacher=teacher), {}
+    num_bins = self.schedule(step, 0.5)["num_scales"]
     reals = batch["reference"]
     half = reals.shape[0] // 2
     x_fake_src, x_real = reals[:half], reals[half:]
@@ -249,14 +263,15 @@ class ACTObjective(ConsistencyObjective):
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     aux["disc"], aux["disc_opt"] = keep(disc, aux["disc"]), keep(disc_opt, aux["disc_opt"])
     metrics["act/d_nonfinite"] = (~finite).astype(jnp.int32)
+    # R1 exists only on its steps; log the latest value every step (0 before the first).
+    metrics["act/r1"] = metrics["act/r1"] if with_r1 else aux["r1_last"]
     if with_r1:
+      aux["r1_last"] = jnp.where(finite, metrics["act/r1"], aux["r1_last"])
       p, r1_ema = ada_update(aux["p"], aux["r1_ema"], metrics["act/r1"], self.ada_threshold,
                              2 * self.batch_size, self.r1_interval, self.ada_length, self.ada_ema)
       aux["p"], aux["r1_ema"] = jnp.where(finite, p, aux["p"]), jnp.where(finite, r1_ema,
                                                                            aux["r1_ema"])
-    mu = sched["target_ema"]
-    aux["teacher"] = jax.tree.map(lambda a, p: (a * mu + p * (1 - mu)).astype(a.dtype),
-                                  aux["teacher"], params)
+    aux["teacher"] = teacher
     return aux, metrics
 
   def update_aux(self, aux, params, step):

@@ -259,6 +259,14 @@ class StagePrecompiler:
       return future.result()  # re-raises a failed background compilation here
     return self._compiler(key)
 
+  def drop_except(self, keep) -> None:
+    """Frees compiled steps (and finished background results) of keys not in `keep`."""
+    keep = set(keep)
+    with self._lock:
+      for key in [k for k, f in self._pending.items() if k not in keep and f.done()]:
+        del self._pending[key]
+    self._compiler.drop_except(keep | set(self._pending))
+
   def close(self) -> None:
     """Drops queued compilations; waits for one already running."""
     if self._executor is not None:
@@ -516,6 +524,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
           log(f"curriculum: stage {trained_stage} -> {curriculum.stage} after step {step}")
           stage_steps.prefetch(exp.all_step_keys([curriculum.mask()]))
           stage_steps.prefetch(exp.all_step_keys(curriculum.keys_to_precompile()))
+          # A 20-stage run would otherwise hold 20 executables in host memory.
+          stage_steps.drop_except(exp.all_step_keys([curriculum.mask()] +
+                                                    curriculum.keys_to_precompile()))
       if int(metrics["nonfinite_streak"]) > config.optim.max_consecutive_nonfinite:
         raise NonFiniteLossError(
             f"{int(metrics['nonfinite_streak'])} consecutive steps had non-finite gradients (up "

@@ -153,6 +153,13 @@ class StepCompiler:
       logging.info("compiled train step for %s in %.1f s", _describe(key), seconds)
     return self._compiled[key]
 
+  def drop_except(self, keep) -> None:
+    """Frees the executables of every key not in `keep` (curriculum stages left behind:
+    stages only move forward, and a dropped key would compile again if it came back)."""
+    keep = set(keep)
+    for key in [k for k in self._compiled if k not in keep]:
+      del self._compiled[key]
+
   @property
   def num_compiled(self) -> int:
     return len(self._compiled)
