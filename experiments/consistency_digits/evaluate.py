@@ -16,9 +16,13 @@ import glob
 import json
 import os
 import re
+import sys
 
 import ml_collections
 import numpy as np
+
+# `python experiments/.../this.py` from the repo root: make the repo's jaxdiff importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 NUM_SAMPLES = 1024
 SAMPLERS = {"1-step": (80.0,), "2-step": (80.0, 0.821)}
@@ -26,8 +30,19 @@ MID_SWEEP = (0.2, 0.4, 0.821, 1.5, 3.0)   # 2-step mid-points, seed-0 runs only
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's saved config over today's defaults (older runs lack newer sections, e.g. act)."""
+  from jaxdiff.config import base_config
   with open(os.path.join(workdir, "config.json")) as f:
-    d = json.load(f)
+    saved = json.load(f)
+
+  def merge(base, over):
+    for k, v in over.items():
+      if isinstance(v, dict) and isinstance(base.get(k), dict):
+        merge(base[k], v)
+      else:
+        base[k] = v
+    return base
+  d = merge(base_config().to_dict(), saved)
 
   def tuples(x):
     if isinstance(x, dict):

@@ -53,7 +53,7 @@ def arm_config(arm: str, seed: int, args):
   c.train.ckpt_every = args.steps
   c.train.sample_every = args.eval_every
   c.sample.num_samples = args.num_samples
-  c.eval.num_samples = args.num_samples
+  c.eval.num_samples = args.final_samples
   cur = c.curriculum
   # Pacing scaled to the shorter budget as in the recipe: the curriculum takes
   # at most 19 * cap steps (~40% of the budget), and a flat loss advances a
@@ -85,7 +85,7 @@ def fid_curve(config, workdir: str) -> dict[int, float]:
   return out
 
 
-def stage_info(workdir: str) -> dict:
+def stage_info(workdir: str, num_stages: int) -> dict:
   """Step at which the last stage (full distribution) began, from metrics.jsonl."""
   first_full, last_stage, loss = None, None, []
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -96,7 +96,7 @@ def stage_info(workdir: str) -> dict:
       s = row.get("curriculum/stage")
       if s is not None:
         last_stage = int(s)
-        if first_full is None and s == 20:
+        if first_full is None and s == num_stages:
           first_full = row["step"]
   return {"full_distribution_from_step": first_full, "last_stage": last_stage,
           "final_logged_loss": loss[-1][1] if loss else None}
@@ -116,7 +116,12 @@ def run_all(args):
         continue
       t0 = time.time()
       loop.log(f"=== {arm} seed {seed} -> {workdir}")
-      loop.train(arm_config(arm, seed, args), workdir)
+      result = loop.train(arm_config(arm, seed, args), workdir)
+      if isinstance(result, dict) and result.get("preempted"):
+        # SIGTERM makes train() save and return instead of raising: stop here, so that the
+        # next arm does not start on a half-trained run (a rerun resumes this one).
+        loop.log(f"stopped: {arm} seed {seed} was preempted at step {result.get('step')}")
+        return
       with open(os.path.join(workdir, "wall_seconds.txt"), "w") as f:
         f.write(f"{time.time() - t0:.1f}\n")
 
@@ -126,6 +131,7 @@ def report(args):
   results = {"command": " ".join(sys.argv), "budget": {
       "steps": args.steps, "batch_size": args.batch_size, "model_channels": args.channels,
       "eval_every": args.eval_every, "num_samples": args.num_samples,
+      "final_samples": args.final_samples,
       "patience": {"window": args.window, "tau": args.tau, "cap": args.cap},
       "fixed": {"steps_per_stage": args.steps_per_stage}}, "runs": {}}
   for arm in args.arms:
@@ -143,7 +149,12 @@ def report(args):
       results["runs"][f"{arm}_seed{seed}"] = {
           "arm": arm, "seed": seed, "fid": {str(k): v for k, v in fid_curve(config, workdir).items()},
           "num_compilations": len(summary.get("compilations", [])),
-          "wall_seconds": wall, **stage_info(workdir)}
+          "wall_seconds": wall,
+          "final_fid_num_samples": summary["quality"]["num_samples"],
+          "final_fid_summary": summary["quality"]["value"],
+          "compiled_keys": [k for k, _ in summary.get("compilations", [])],
+          "compile_seconds_total": round(sum(s for _, s in summary.get("compilations", [])), 1),
+          **stage_info(workdir, int(config.curriculum.num_clusters))}
   with open(os.path.join(HERE, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
 
@@ -207,7 +218,10 @@ def main():
   p.add_argument("--batch_size", type=int, default=32)
   p.add_argument("--channels", type=int, default=16)
   p.add_argument("--eval_every", type=int, default=200)
-  p.add_argument("--num_samples", type=int, default=256)
+  p.add_argument("--num_samples", type=int, default=256,
+                 help="samples for the FID at the intermediate evaluations")
+  p.add_argument("--final_samples", type=int, default=1024,
+                 help="samples for the FID at the last step (summary.json's quality figure)")
   p.add_argument("--window", type=int, default=5)
   p.add_argument("--tau", type=int, default=1)
   p.add_argument("--cap", type=int, default=20)
