@@ -73,34 +73,42 @@ class InceptionWeightsError(ValueError):
 
 # ------------------------------------------------------------------ resize
 
+def linear_interpolation_matrix(coords: np.ndarray, in_size: int) -> np.ndarray:
+  """[out, in] weights reading input coordinates `coords` (float, >= 0) by linear interpolation:
+  the neighbours floor(x) and min(floor(x) + 1, in - 1) get weights 1 - frac and frac."""
+  lo = np.minimum(np.floor(coords).astype(np.int64), in_size - 1)
+  hi = np.minimum(lo + 1, in_size - 1)
+  frac = coords - lo
+  m = np.zeros((len(coords), in_size), np.float64)
+  np.add.at(m, (np.arange(len(coords)), lo), 1.0 - frac)
+  np.add.at(m, (np.arange(len(coords)), hi), frac)
+  return m.astype(np.float32)
+
+
 def tf1_bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
   """[out, in] interpolation weights of TF1's resize_bilinear (align_corners=False, legacy).
 
-  Output index i reads input coordinate x = i * in/out; the two neighbours
-  floor(x) and min(floor(x) + 1, in - 1) get weights 1 - frac and frac.
+  Output index i reads input coordinate x = i * in/out.
   """
-  scale = in_size / out_size
-  x = np.arange(out_size, dtype=np.float64) * scale
-  lo = np.floor(x).astype(np.int64)
-  lo = np.minimum(lo, in_size - 1)
-  hi = np.minimum(lo + 1, in_size - 1)
-  frac = x - lo
-  m = np.zeros((out_size, in_size), np.float64)
-  np.add.at(m, (np.arange(out_size), lo), 1.0 - frac)
-  np.add.at(m, (np.arange(out_size), hi), frac)
-  return m.astype(np.float32)
+  coords = np.arange(out_size, dtype=np.float64) * (in_size / out_size)
+  return linear_interpolation_matrix(coords, in_size)
+
+
+def resize_separable(images: jax.Array, size: int, matrix_fn) -> jax.Array:
+  """NHWC -> [N, size, size, C] by `matrix_fn(in, out)` along H then W (exact float32 matmuls)."""
+  _, h, w, _ = images.shape
+  if (h, w) == (size, size):
+    return images
+  ry = jnp.asarray(matrix_fn(h, size))
+  rx = jnp.asarray(matrix_fn(w, size))
+  hi = jax.lax.Precision.HIGHEST
+  out = jnp.einsum("oh,nhwc->nowc", ry, images, precision=hi)
+  return jnp.einsum("pw,nowc->nopc", rx, out, precision=hi)
 
 
 def resize_tf1_bilinear(images: jax.Array, size: int) -> jax.Array:
   """NHWC float images -> NHWC [N, size, size, C], TF1 legacy bilinear (see module doc)."""
-  n, h, w, c = images.shape
-  if (h, w) == (size, size):
-    return images
-  ry = jnp.asarray(tf1_bilinear_matrix(h, size))
-  rx = jnp.asarray(tf1_bilinear_matrix(w, size))
-  hi = jax.lax.Precision.HIGHEST
-  out = jnp.einsum("oh,nhwc->nowc", ry, images, precision=hi)
-  return jnp.einsum("pw,nowc->nopc", rx, out, precision=hi)
+  return resize_separable(images, size, tf1_bilinear_matrix)
 
 
 # ------------------------------------------------------------------ network

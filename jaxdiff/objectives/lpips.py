@@ -64,6 +64,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff.evaluation import inception
+
 NPZ_FORMAT = "jaxdiff-lpips-vgg16-v0.1-v1"
 RESOLUTION = 224          # CT and ACT upsample to 224 x 224 before LPIPS
 MIN_RESOLUTION = 16       # four 2x2 pools: relu5_3 is at least 1 x 1
@@ -97,30 +99,16 @@ class LPIPSWeightsError(ValueError):
 def torch_bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
   """[out, in] weights of `F.interpolate(mode='bilinear', align_corners=False)` along one axis.
 
-  Output index i reads input coordinate x = max((i + 0.5) * in/out - 0.5, 0);
-  the neighbours floor(x) and min(floor(x) + 1, in - 1) get 1 - frac and frac.
+  Output index i reads input coordinate x = max((i + 0.5) * in/out - 0.5, 0).
   """
-  scale = in_size / out_size
-  x = np.maximum((np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
-  lo = np.minimum(np.floor(x).astype(np.int64), in_size - 1)
-  hi = np.minimum(lo + 1, in_size - 1)
-  frac = x - lo
-  m = np.zeros((out_size, in_size), np.float64)
-  np.add.at(m, (np.arange(out_size), lo), 1.0 - frac)
-  np.add.at(m, (np.arange(out_size), hi), frac)
-  return m.astype(np.float32)
+  coords = np.maximum((np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5,
+                      0.0)
+  return inception.linear_interpolation_matrix(coords, in_size)
 
 
 def resize_bilinear(images: jax.Array, size: int) -> jax.Array:
   """NHWC -> [N, size, size, C], PyTorch's bilinear (align_corners=False, no antialias)."""
-  _, h, w, _ = images.shape
-  if (h, w) == (size, size):
-    return images
-  ry = jnp.asarray(torch_bilinear_matrix(h, size))
-  rx = jnp.asarray(torch_bilinear_matrix(w, size))
-  hi = jax.lax.Precision.HIGHEST
-  out = jnp.einsum("oh,nhwc->nowc", ry, images, precision=hi)
-  return jnp.einsum("pw,nowc->nopc", rx, out, precision=hi)
+  return inception.resize_separable(images, size, torch_bilinear_matrix)
 
 
 # ------------------------------------------------------------------ network
@@ -356,11 +344,10 @@ def load_params(path: str) -> dict:
 
 
 def _read_pth(path: str, what: str) -> dict[str, np.ndarray]:
-  from jaxdiff.evaluation.inception import read_torch_state_dict
   if not os.path.exists(path):
     raise LPIPSWeightsError(f"{what} not found: {path}. Expected {EXPECTED_FORMAT}.")
   try:
-    sd = read_torch_state_dict(path)
+    sd = inception.read_torch_state_dict(path)
   except Exception as e:  # noqa: BLE001 - any read failure means "not this format"
     raise LPIPSWeightsError(
         f"{path} ({what}) could not be read as a PyTorch state dict ({type(e).__name__}: "
