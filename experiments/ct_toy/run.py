@@ -13,8 +13,8 @@ configs/toy2d_edm.py (8-mode Gaussian mixture, 4-layer MLP of 256 units, batch
   ct        CT as openai/consistency_models_cifar10: Karras grid N(k) 2 -> 150
             (sqrt schedule over the run), EMA teacher mu(k) from mu0 = 0.9,
             L2 (mean over coordinates), uniform weight, CM boundary 0.002
-  ct_mu0    the same with mu0 = 1e-6, i.e. teacher = stopgrad(student): the
-            first change of iCT (Song & Dhariwal 2023), nothing else
+  ct_mu0    the same with mu0 = 1e-6: mu(k) = exp(2 ln mu0 / N) <= 0.83, a teacher
+            lag of a few steps (iCT's first change is mu = 0), nothing else
   ict       iCT: no EMA teacher, pseudo-Huber c = 0.00054 sqrt(d), 1/(t - r),
             discretised lognormal(-1.1, 2.0) pair index, N doubling 10 -> 1280
   ct_long   ct at `--long_factor` times the budget (schedule over the longer run)
