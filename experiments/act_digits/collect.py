@@ -85,7 +85,13 @@ def main():
   parser.add_argument("--runs", default="/tmp/act_digits")
   parser.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
   args = parser.parse_args()
+  # Runs collected earlier whose run dirs are gone (e.g. /tmp cleared between sessions) are
+  # kept from the previous results.json; runs found under --runs replace them.
   results = {}
+  previous = os.path.join(args.out, "results.json")
+  if os.path.exists(previous):
+    with open(previous) as f:
+      results = json.load(f)
   for workdir in sorted(glob.glob(os.path.join(args.runs, "*_s[0-9]*"))):
     name = os.path.basename(workdir)
     arm, seed = re.match(r"(\w+?)_s(\d+)$", name).groups()
@@ -112,11 +118,13 @@ def main():
     json.dump(results, f, indent=1, sort_keys=True)
 
   labels = {"ct": "CT (ACT with lam0 = 0)", "act": "ACT (lam0 = 0.3)",
+            "ctmu0": "CT, short teacher EMA (lam0 = 0, mu0 = 1e-6)",
+            "actmu0": "ACT, short teacher EMA (lam0 = 0.3, mu0 = 1e-6)",
             "plainct": "plain CT (objective.name=ct, no discriminator)"}
   lines = ["| arm | steps | seeds | 1-step digits FID, mean ± std (per seed) | generator params | "
            "discriminator params | steady steps/s (per seed) |", "| --- | --- | --- | --- | --- | --- | --- |"]
   rate = {}
-  for arm in ("ct", "act", "plainct"):
+  for arm in ("ct", "act", "ctmu0", "actmu0", "plainct"):
     runs = sorted((v for v in results.values() if v["arm"] == arm), key=lambda v: v["seed"])
     if not runs:
       continue
@@ -131,6 +139,9 @@ def main():
   lines.append("")
   if "act" in rate and "ct" in rate:
     lines.append(f"Step-time ratio ACT / CT(lam0=0) = {rate['ct'] / rate['act']:.2f}")
+  if "actmu0" in rate and "ctmu0" in rate:
+    lines.append(f"Step-time ratio ACT / CT(lam0=0), short teacher EMA = "
+                 f"{rate['ctmu0'] / rate['actmu0']:.2f}")
   if "act" in rate and "plainct" in rate:
     lines.append(f"Step-time ratio ACT / plain CT = {rate['plainct'] / rate['act']:.2f}")
   with open(os.path.join(args.out, "results.md"), "w") as f:
@@ -141,16 +152,21 @@ def main():
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  arms = [a for a in ("ct", "act") if f"{a}_s0" in results]
+  arms = [a for a in ("ct", "act", "ctmu0", "actmu0") if f"{a}_s0" in results]
+  # Sample grids only of arms whose seed-0 run dir is still there (kept runs have none).
+  sample_arms = [a for a in arms
+                 if glob.glob(os.path.join(args.runs, f"{a}_s0", "samples", "*.npz"))]
   if arms:
-    fig, axes = plt.subplots(1, len(arms) + 1, figsize=(3.2 * (len(arms) + 1), 3.2))
-    for i, a in enumerate(arms):
+    fig, axes = plt.subplots(1, len(sample_arms) + 1, figsize=(3.2 * (len(sample_arms) + 1), 3.2),
+                             squeeze=False)
+    axes = axes[0]
+    for i, a in enumerate(sample_arms):
       npz = sorted(glob.glob(os.path.join(args.runs, f"{a}_s0", "samples", "*.npz")))[-1]
       from jaxdiff import visualize
       x = np.load(npz)
       x = x[x.files[0]][:64]
       axes[i].imshow(np.squeeze(visualize.image_grid(x)), cmap="gray")
-      axes[i].set_title(f"{labels[a].split(' (')[0]} seed 0: FID {results[f'{a}_s0']['digits_fid_1step']:.1f}",
+      axes[i].set_title(f"{a} seed 0: FID {results[f'{a}_s0']['digits_fid_1step']:.1f}",
                         fontsize=9)
       axes[i].axis("off")
     ax = axes[-1]
@@ -159,9 +175,10 @@ def main():
       ax.scatter([i] * len(vals), vals, color=f"C{i}")
       ax.errorbar([i + 0.15], [np.mean(vals)], yerr=[np.std(vals, ddof=1) if len(vals) > 1 else 0],
                   fmt="_", color="k", capsize=4)
-    ax.set_xticks(range(len(arms)), [labels[a].split(" (")[0] for a in arms])
+    ax.set_xticks(range(len(arms)), arms)
     ax.set_xlim(-0.5, len(arms) - 0.5)
     ax.set_ylabel("1-step digits FID (lower is better)")
+    ax.set_yscale("log")
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "fid.png"), dpi=110)
 
