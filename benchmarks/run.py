@@ -374,6 +374,15 @@ def section_overheads(report: Report, ctx: dict, args) -> None:
     report.add("overheads", name, f"{(med - 1) * 100:+.1f}%",
                "; ".join(x for x in (notes.get(name), spread) if x))
   report.data["overheads"] = {k: v for k, v in times.items()}
+  # XLA's FLOP count of each compiled step over the EDM step's: free (the steps are compiled)
+  # and noise-free, so it resolves overheads far below the timing noise of a shared CPU.
+  from jaxdiff.train import loop
+  base_flops = loop.compile_report(base.compiled).get("flops")
+  for name, runner in variants.items():
+    flops = loop.compile_report(runner.compiled).get("flops")
+    if base_flops and flops:
+      report.add("overheads", f"{name} (FLOPs)", f"{flops / base_flops - 1:+.3%}",
+                 f"XLA cost_analysis: {flops / 1e9:.4g} vs EDM {base_flops / 1e9:.4g} GFLOP/step")
   if os.path.exists(os.path.join(HERE, "stf_overhead.py")):
     # Device-independent view (benchmarks/stf_overhead.py): XLA's FLOP count of the
     # STF step over the EDM step for the full CIFAR-10 recipe model (lowered only).
