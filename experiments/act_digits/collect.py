@@ -124,7 +124,7 @@ def main():
   lines = ["| arm | steps | seeds | 1-step digits FID, mean ± std (per seed) | generator params | "
            "discriminator params | steady steps/s (per seed) |", "| --- | --- | --- | --- | --- | --- | --- |"]
   rate = {}
-  for arm in ("ct", "act", "ctmu0", "actmu0", "plainct"):
+  for arm in labels:
     runs = sorted((v for v in results.values() if v["arm"] == arm), key=lambda v: v["seed"])
     if not runs:
       continue
@@ -152,16 +152,18 @@ def main():
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  arms = [a for a in ("ct", "act", "ctmu0", "actmu0") if f"{a}_s0" in results]
-  # Sample grids only of arms whose seed-0 run dir is still there (kept runs have none).
-  sample_arms = [a for a in arms
-                 if glob.glob(os.path.join(args.runs, f"{a}_s0", "samples", "*.npz"))]
+  arms = [a for a in labels if a != "plainct" and f"{a}_s0" in results]
+  # Sample grids (the last one of seed 0) only of arms whose run dir is still there.
+  last_grid = {}
+  for a in arms:
+    grids = sorted(glob.glob(os.path.join(args.runs, f"{a}_s0", "samples", "*.npz")))
+    if grids:
+      last_grid[a] = grids[-1]
   if arms:
-    fig, axes = plt.subplots(1, len(sample_arms) + 1, figsize=(3.2 * (len(sample_arms) + 1), 3.2),
+    fig, axes = plt.subplots(1, len(last_grid) + 1, figsize=(3.2 * (len(last_grid) + 1), 3.2),
                              squeeze=False)
     axes = axes[0]
-    for i, a in enumerate(sample_arms):
-      npz = sorted(glob.glob(os.path.join(args.runs, f"{a}_s0", "samples", "*.npz")))[-1]
+    for i, (a, npz) in enumerate(last_grid.items()):
       from jaxdiff import visualize
       x = np.load(npz)
       x = x[x.files[0]][:64]
