@@ -34,6 +34,7 @@ same interleaved rounds, not absolute numbers across runs.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -68,6 +69,9 @@ def parse_args(argv=None):
   p.add_argument("--iters", type=int, default=None, help="steps per timed round")
   p.add_argument("--reps", type=int, default=None, help="interleaved rounds")
   p.add_argument("--stf-sizes", default="256,1024,4096")
+  p.add_argument("--flops-only", action="store_true",
+                 help="overheads: XLA FLOP counts only, one variant compiled at a time (no "
+                      "timing; fits a 24 GB host)")
   p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
   p.add_argument("--torch-threads", type=int, default=0,
                  help="0: the faster of 1 and os.cpu_count() threads, probed at start (on an "
@@ -334,55 +338,74 @@ def section_overheads(report: Report, ctx: dict, args) -> None:
     ctx.setdefault("runners", {})[size] = base
     ctx.setdefault("experiments", {})[size] = exp
     ctx.setdefault("cold_compile", {})[(size, "edm")] = base.compile_seconds
-  variants = {}
-  notes = {}
+  # Each variant is built by a factory so that --flops-only can compile one at a time and
+  # drop it (holding every compiled variant at once is what the interleaved timing needs, and
+  # with ACT's CIFAR-10 discriminator it exceeds 24 GB of host memory).
+  factories, notes = {}, {}
   # Curriculum: a middle stage of the default 20-cluster easy-to-hard order,
   # compiled as its own step (the truncated inverse-CDF sampler), same Experiment.
   cur = exp.config.curriculum
   stage = cur.num_clusters // 2
   mask = pacing.mask_for_stage(cur, stage)
-  variants["curriculum"] = common.JaxStepRunner(exp, stage_key=mask)
-  ctx.setdefault("cold_compile", {})[(size, f"curriculum stage {stage}")] = \
-      variants["curriculum"].compile_seconds
   ctx["curriculum_mask"] = mask
+  factories["curriculum"] = lambda: common.JaxStepRunner(exp, stage_key=mask)
   notes["curriculum"] = f"stage {stage}/{cur.num_clusters} mask, own compiled step"
   for n in args.stf_sizes:
     if n < batch:
       report.add("overheads", f"STF n={n}", "skipped", f"n < batch {batch}")
       continue
-    variants[f"STF n={n}"] = _variant_runner(ctx, args, size, batch, "stf",
-                                             stf__reference_size=n)
+    factories[f"STF n={n}"] = functools.partial(_variant_runner, ctx, args, size, batch, "stf",
+                                                stf__reference_size=n)
     notes[f"STF n={n}"] = f"per-device reference set of {n} ({n - batch} fresh draws)"
   for name in ("ect", "sct", "act"):
     if name not in objectives.REGISTRY:
       report.add("overheads", name.upper(), "not measured",
                  f"'{name}' is not in jaxdiff.objectives.REGISTRY yet")
       continue
-    try:
-      variants[name.upper()] = _variant_runner(ctx, args, size, batch, name)
-      if name == "sct":
-        notes["SCT"] = f"stf.reference_size {variants['SCT'].exp.config.stf.reference_size}"
-    except Exception as e:  # noqa: BLE001 - one objective failing must not hide the others
-      report.add("overheads", name.upper(), "error", f"{type(e).__name__}: {str(e)[:160]}")
-  times = common.interleaved({"EDM": base.run, **{k: v.run for k, v in variants.items()}},
-                             args.iters, args.reps)
-  report.add("overheads", f"EDM step ({size}, batch {batch})",
-             f"{common.median(times['EDM']) * 1e3:.1f} ms/step", "the baseline of this section")
-  for name in variants:
-    med, lo, hi = common.ratio_stats(times[name], times["EDM"])
-    spread = f"per-round {100 * (lo - 1):+.1f}..{100 * (hi - 1):+.1f}%"
-    report.add("overheads", name, f"{(med - 1) * 100:+.1f}%",
-               "; ".join(x for x in (notes.get(name), spread) if x))
-  report.data["overheads"] = {k: v for k, v in times.items()}
-  # XLA's FLOP count of each compiled step over the EDM step's: free (the steps are compiled)
-  # and noise-free, so it resolves overheads far below the timing noise of a shared CPU.
+    factories[name.upper()] = functools.partial(_variant_runner, ctx, args, size, batch, name)
+
+  # XLA's FLOP count of each compiled step over the EDM step's: noise-free, so it resolves
+  # overheads far below the timing noise of a shared CPU.
   from jaxdiff.train import loop
   base_flops = loop.compile_report(base.compiled).get("flops")
-  for name, runner in variants.items():
+
+  def add_flops(name, runner):
     flops = loop.compile_report(runner.compiled).get("flops")
     if base_flops and flops:
       report.add("overheads", f"{name} (FLOPs)", f"{flops / base_flops - 1:+.3%}",
-                 f"XLA cost_analysis: {flops / 1e9:.4g} vs EDM {base_flops / 1e9:.4g} GFLOP/step")
+                 f"XLA cost_analysis: {flops / 1e9:.4g} vs EDM {base_flops / 1e9:.4g} GFLOP/step, "
+                 f"difference {flops - base_flops:+.4g} FLOP")
+
+  variants = {}
+  for name, factory in factories.items():
+    try:
+      runner = factory()
+    except Exception as e:  # noqa: BLE001 - one objective failing must not hide the others
+      report.add("overheads", name, "error", f"{type(e).__name__}: {str(e)[:160]}")
+      continue
+    if name == "curriculum":
+      ctx.setdefault("cold_compile", {})[(size, f"curriculum stage {stage}")] = \
+          runner.compile_seconds
+    if name == "SCT":
+      notes["SCT"] = f"stf.reference_size {runner.exp.config.stf.reference_size}"
+    if args.flops_only:
+      add_flops(name, runner)
+      del runner
+    else:
+      variants[name] = runner
+  if not args.flops_only:
+    times = common.interleaved({"EDM": base.run, **{k: v.run for k, v in variants.items()}},
+                               args.iters, args.reps)
+    report.add("overheads", f"EDM step ({size}, batch {batch})",
+               f"{common.median(times['EDM']) * 1e3:.1f} ms/step", "the baseline of this section")
+    for name in variants:
+      med, lo, hi = common.ratio_stats(times[name], times["EDM"])
+      spread = f"per-round {100 * (lo - 1):+.1f}..{100 * (hi - 1):+.1f}%"
+      report.add("overheads", name, f"{(med - 1) * 100:+.1f}%",
+                 "; ".join(x for x in (notes.get(name), spread) if x))
+    report.data["overheads"] = {k: v for k, v in times.items()}
+    for name, runner in variants.items():
+      add_flops(name, runner)
   if os.path.exists(os.path.join(HERE, "stf_overhead.py")):
     # Device-independent view (benchmarks/stf_overhead.py): XLA's FLOP count of the
     # STF step over the EDM step for the full CIFAR-10 recipe model (lowered only).

@@ -158,3 +158,23 @@ def test_run_tiny_end_to_end_writes_table(tmp_path):
     assert any("jaxdiff/pytorch" in i for i in items)
   except ImportError:
     assert not any("pytorch" in i for i in items)
+
+
+def test_overheads_flops_only_counts_each_variant_against_edm(tmp_path):
+  """--flops-only: one row per variant from XLA's FLOP count; the curriculum stage
+  changes only the noise-level sampler, so its step must cost (almost) exactly EDM's."""
+  import re
+  from benchmarks import run
+  report = run.main(["--sections", "overheads", "--sizes", "tiny", "--no-torch",
+                     "--flops-only", "--stf-sizes", "64", "--cache-dir", "keep",
+                     "--out-dir", str(tmp_path), "--name", "t"])
+  rows = {r["item"]: r for r in report.rows if r["section"] == "overheads"}
+  assert not any("ms/step" in r["value"] for r in rows.values())  # no timing was done
+  cur = rows["curriculum (FLOPs)"]
+  base, diff = re.search(r"vs EDM ([\d.e+]+) GFLOP/step, difference ([-+\d.e]+) FLOP",
+                         cur["note"]).groups()
+  assert 0 <= float(diff) < 1e-4 * float(base) * 1e9, cur
+  # The consistency objectives add a stop-gradient forward pass of the network.
+  for name in ("ECT (FLOPs)", "SCT (FLOPs)"):
+    assert 20 < float(rows[name]["value"].rstrip("%")) < 60, rows[name]
+  assert 0 < float(rows["STF n=64 (FLOPs)"]["value"].rstrip("%")) < 1
