@@ -348,7 +348,14 @@ def section_overheads(report: Report, ctx: dict, args) -> None:
   stage = cur.num_clusters // 2
   mask = pacing.mask_for_stage(cur, stage)
   ctx["curriculum_mask"] = mask
-  factories["curriculum"] = lambda: common.JaxStepRunner(exp, stage_key=mask)
+
+  def curriculum_runner():
+    runner = common.JaxStepRunner(exp, stage_key=mask)
+    ctx.setdefault("cold_compile", {})[(size, f"curriculum stage {stage}")] = \
+        runner.compile_seconds
+    return runner
+
+  factories["curriculum"] = curriculum_runner
   notes["curriculum"] = f"stage {stage}/{cur.num_clusters} mask, own compiled step"
   for n in args.stf_sizes:
     if n < batch:
@@ -363,14 +370,19 @@ def section_overheads(report: Report, ctx: dict, args) -> None:
                  f"'{name}' is not in jaxdiff.objectives.REGISTRY yet")
       continue
     factories[name.upper()] = functools.partial(_variant_runner, ctx, args, size, batch, name)
+    if name == "sct":
+      sct_config = common.make_config(size, batch, objective="sct")
+      notes["SCT"] = f"stf.reference_size {sct_config.stf.reference_size}"
 
   # XLA's FLOP count of each compiled step over the EDM step's: noise-free, so it resolves
   # overheads far below the timing noise of a shared CPU.
   from jaxdiff.train import loop
   base_flops = loop.compile_report(base.compiled).get("flops")
+  report.data["overhead_flops"] = {"EDM": base_flops}
 
   def add_flops(name, runner):
     flops = loop.compile_report(runner.compiled).get("flops")
+    report.data["overhead_flops"][name] = flops
     if base_flops and flops:
       report.add("overheads", f"{name} (FLOPs)", f"{flops / base_flops - 1:+.3%}",
                  f"XLA cost_analysis: {flops / 1e9:.4g} vs EDM {base_flops / 1e9:.4g} GFLOP/step, "
@@ -383,11 +395,6 @@ def section_overheads(report: Report, ctx: dict, args) -> None:
     except Exception as e:  # noqa: BLE001 - one objective failing must not hide the others
       report.add("overheads", name, "error", f"{type(e).__name__}: {str(e)[:160]}")
       continue
-    if name == "curriculum":
-      ctx.setdefault("cold_compile", {})[(size, f"curriculum stage {stage}")] = \
-          runner.compile_seconds
-    if name == "SCT":
-      notes["SCT"] = f"stf.reference_size {runner.exp.config.stf.reference_size}"
     if args.flops_only:
       add_flops(name, runner)
       del runner

@@ -163,18 +163,17 @@ def test_run_tiny_end_to_end_writes_table(tmp_path):
 def test_overheads_flops_only_counts_each_variant_against_edm(tmp_path):
   """--flops-only: one row per variant from XLA's FLOP count; the curriculum stage
   changes only the noise-level sampler, so its step must cost (almost) exactly EDM's."""
-  import re
   from benchmarks import run
   report = run.main(["--sections", "overheads", "--sizes", "tiny", "--no-torch",
                      "--flops-only", "--stf-sizes", "64", "--cache-dir", "keep",
                      "--out-dir", str(tmp_path), "--name", "t"])
   rows = {r["item"]: r for r in report.rows if r["section"] == "overheads"}
   assert not any("ms/step" in r["value"] for r in rows.values())  # no timing was done
-  cur = rows["curriculum (FLOPs)"]
-  base, diff = re.search(r"vs EDM ([\d.e+]+) GFLOP/step, difference ([-+\d.e]+) FLOP",
-                         cur["note"]).groups()
-  assert 0 <= float(diff) < 1e-4 * float(base) * 1e9, cur
+  assert "overheads" not in report.data
+  flops = report.data["overhead_flops"]
+  assert 0 <= flops["curriculum"] - flops["EDM"] < 1e-4 * flops["EDM"], flops
+  assert "curriculum (FLOPs)" in rows
   # The consistency objectives add a stop-gradient forward pass of the network.
-  for name in ("ECT (FLOPs)", "SCT (FLOPs)"):
-    assert 20 < float(rows[name]["value"].rstrip("%")) < 60, rows[name]
-  assert 0 < float(rows["STF n=64 (FLOPs)"]["value"].rstrip("%")) < 1
+  for name in ("ECT", "SCT"):
+    assert 0.2 < flops[name] / flops["EDM"] - 1 < 0.6, (name, flops)
+  assert 0 < flops["STF n=64"] / flops["EDM"] - 1 < 0.01, flops
