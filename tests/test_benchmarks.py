@@ -142,7 +142,7 @@ def test_synthetic_dataset_is_deterministic_and_in_range():
 
 def test_run_tiny_end_to_end_writes_table(tmp_path):
   from benchmarks import run
-  report = run.main(["--sections", "peak,train,input,checkpoint", "--sizes", "tiny",
+  report = run.main(["--sections", "peak,train,compile,input,checkpoint", "--sizes", "tiny",
                      "--iters", "1", "--reps", "1", "--cache-dir", "keep",
                      "--out-dir", str(tmp_path), "--name", "t"])
   errors = [r for r in report.rows if r["item"] == "error"]
@@ -153,6 +153,11 @@ def test_run_tiny_end_to_end_writes_table(tmp_path):
   items = [r["item"] for r in data["rows"]]
   assert any("achieved FLOP/s" in i for i in items)
   assert any("async save" in i for i in items)
+  # Compile time per stage: the EDM step and a curriculum stage, cold and from the cache.
+  compile_rows = {r["item"]: r["value"] for r in data["rows"] if r["section"] == "compile"}
+  assert set(compile_rows) == {"tiny edm", "tiny curriculum stage 10"}, compile_rows
+  # --cache-dir keep: the first compile may itself come from the test cache, hence "first".
+  assert all(v.startswith("first ") and ", cached " in v for v in compile_rows.values())
   try:
     import torch  # noqa: F401
     assert any("jaxdiff/pytorch" in i for i in items)
