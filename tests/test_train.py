@@ -146,3 +146,30 @@ def test_wrong_dataset_shape_is_explained():
   c.data.image_size = 32
   with pytest.raises(ValueError, match=r"examples of shape \(8, 8, 1\).*expects \(32, 32, 1\)"):
     loop.Experiment(c, mesh=mesh_of(1))
+
+
+def test_update_if_runs_the_update_or_keeps_the_state_bit_for_bit():
+  """The skip guard: one lax.cond, the same numbers as a per-leaf select, NaN metrics on skip."""
+  import jax.numpy as jnp
+  import optax
+  from jaxdiff.train import optim
+  tx = optax.adam(1e-2)
+  params = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
+  grads = jax.tree.map(lambda p: 0.1 * p + 0.3, params)
+  opt = tx.init(params)
+
+  def update():
+    upd, new_opt = tx.update(grads, opt, params)
+    new = optax.apply_updates(params, upd)
+    return (new, new_opt), {"n": jnp.asarray(3, jnp.int32), "norm": optax.tree.norm(upd)}
+
+  step = jax.jit(lambda ok: optim.update_if(ok, update, (params, opt)))
+  (taken, taken_opt), m = step(jnp.asarray(True))
+  (expect, expect_opt), m_expect = update()
+  for a, b in zip(jax.tree.leaves((taken, taken_opt, m)),
+                  jax.tree.leaves((expect, expect_opt, m_expect))):
+    np.testing.assert_array_equal(a, b)
+  (kept, kept_opt), m = step(jnp.asarray(False))
+  for a, b in zip(jax.tree.leaves((kept, kept_opt)), jax.tree.leaves((params, opt))):
+    np.testing.assert_array_equal(a, b)
+  assert int(m["n"]) == 0 and np.isnan(float(m["norm"]))

@@ -258,10 +258,13 @@ class ACTObjective(ConsistencyObjective):
 
     (_, metrics), grads = jax.value_and_grad(d_loss, has_aux=True)(aux["disc"])
     finite = optim.all_finite(grads)
-    updates, disc_opt = self.d_tx.update(grads, aux["disc_opt"], aux["disc"])
-    disc = optax.apply_updates(aux["disc"], updates)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    aux["disc"], aux["disc_opt"] = keep(disc, aux["disc"]), keep(disc_opt, aux["disc_opt"])
+
+    def d_update():
+      updates, disc_opt = self.d_tx.update(grads, aux["disc_opt"], aux["disc"])
+      return (optax.apply_updates(aux["disc"], updates), disc_opt), {}
+
+    (aux["disc"], aux["disc_opt"]), _ = optim.update_if(finite, d_update,
+                                                        (aux["disc"], aux["disc_opt"]))
     metrics["act/d_nonfinite"] = (~finite).astype(jnp.int32)
     # R1 exists only on its steps; log the latest value every step (0 before the first).
     metrics["act/r1"] = metrics["act/r1"] if with_r1 else aux["r1_last"]

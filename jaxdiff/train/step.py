@@ -88,22 +88,25 @@ def make_train_step(objective: base.Objective, tx: optax.GradientTransformation,
     finite = optim.all_finite(grads) & jnp.isfinite(loss)
     if policy == "zero":
       grads = optim.zero_nonfinite(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
     decay = optim.ema_decay(state.step, config.ema, batch_size)
-    ema_params = optim.ema_update(state.ema_params, params, decay)
-    aux, aux_metrics = objective.after_update(state.aux, params, batch,
-                                              jax.random.fold_in(key, 0x5ec0d), state.step,
-                                              variant)
-    new = state.replace(step=state.step + 1, params=params, ema_params=ema_params,
-                        opt_state=opt_state, aux=aux)
+
+    def update():
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      ema_params = optim.ema_update(state.ema_params, params, decay)
+      aux, aux_metrics = objective.after_update(state.aux, params, batch,
+                                                jax.random.fold_in(key, 0x5ec0d), state.step,
+                                                variant)
+      return (params, ema_params, opt_state, aux), aux_metrics
+
     if policy == "skip":
       # A non-finite step leaves everything but the counters untouched.
-      keep_old = lambda old, upd: jax.tree.map(lambda o, u: jnp.where(finite, u, o), old, upd)
-      new = new.replace(params=keep_old(state.params, params),
-                        ema_params=keep_old(state.ema_params, ema_params),
-                        opt_state=keep_old(state.opt_state, opt_state),
-                        aux=keep_old(state.aux, aux))
+      (params, ema_params, opt_state, aux), aux_metrics = optim.update_if(
+          finite, update, (state.params, state.ema_params, state.opt_state, state.aux))
+    else:
+      (params, ema_params, opt_state, aux), aux_metrics = update()
+    new = state.replace(step=state.step + 1, params=params, ema_params=ema_params,
+                        opt_state=opt_state, aux=aux)
     skipped = (~finite).astype(jnp.int32)
     new = new.replace(nonfinite_steps=state.nonfinite_steps + skipped,
                       nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1))
