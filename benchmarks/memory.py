@@ -12,7 +12,8 @@
    says by how much it does (leaves under 4096 elements, or with no dimension
    divisible by 8, stay replicated by `jaxdiff.parallel.fsdp_spec`).
 2. Largest batch per 80 GB device (`--extrapolate cifar10,imagenet64`): the step
-   is compiled on one device at two per-device batches b1 < b2; XLA's peak
+   is compiled on one device at two per-device batches b1 < b2 (`--fit-batches`,
+   default 8,16: for CIFAR-10 a fit at 2 and 4 gave a slope 1-12% below this one); XLA's peak
    estimate is linear in the batch (activations) plus a constant (state, code),
    so  slope = (peak(b2) - peak(b1)) / (b2 - b1),  fixed = peak(b1) - slope b1,
    max batch = floor((80e9 - fixed) / slope). With FSDP over 8 devices the
@@ -118,7 +119,7 @@ def state_rows(recipes) -> list[dict]:
   return rows
 
 
-def extrapolate_rows(recipe: str, batches=(2, 4)) -> tuple[list[dict], dict]:
+def extrapolate_rows(recipe: str, batches=(8, 16)) -> tuple[list[dict], dict]:
   import jax
   from benchmarks import common
   mesh = common.mesh_of(jax.devices()[:1])
@@ -154,8 +155,13 @@ def main(argv=None):
   p.add_argument("--extrapolate", default="cifar10,imagenet64")
   p.add_argument("--state-sizes", default="ci,cifar10,imagenet64",
                  help="recipes whose state bytes per device are read off the shardings")
+  p.add_argument("--fit-batches", default="8,16",
+                 help="the two per-device batches of the linear peak-memory fit")
   p.add_argument("--json", action="store_true", help="print one JSON line at the end")
   args = p.parse_args(argv)
+  fit = tuple(int(b) for b in args.fit_batches.split(","))
+  if len(fit) != 2 or not 0 < fit[0] < fit[1]:
+    p.error(f"--fit-batches={args.fit_batches!r}: give two batches b1 < b2, e.g. 8,16")
   import jax
   cache = os.environ.get("JAXDIFF_BENCH_CACHE")
   if cache:
@@ -168,7 +174,7 @@ def main(argv=None):
   rows += state_rows([r for r in args.state_sizes.split(",") if r])
   for recipe in [r for r in args.extrapolate.split(",") if r]:
     try:
-      er, peaks = extrapolate_rows(recipe)
+      er, peaks = extrapolate_rows(recipe, fit)
       rows += er
       data[recipe] = peaks
     except Exception as e:  # noqa: BLE001
