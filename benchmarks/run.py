@@ -326,10 +326,18 @@ def _variant_runner(ctx, args, size, batch, objective, **overrides):
   return common.JaxStepRunner(common.experiment(cfg, ctx["mesh"]))
 
 
+def benchmark_stage(exp) -> tuple[int, tuple]:
+  """(stage, mask) of the curriculum stage the overheads and compile sections measure: the
+  middle one of the default easy-to-hard order, compiled as its own step."""
+  from jaxdiff.curriculum import pacing
+  cur = exp.config.curriculum
+  stage = cur.num_clusters // 2
+  return stage, pacing.mask_for_stage(cur, stage)
+
+
 def section_overheads(report: Report, ctx: dict, args) -> None:
   from benchmarks import common
   from jaxdiff import objectives
-  from jaxdiff.curriculum import pacing
   size = args.sizes[0]
   batch = args.batch or common.SIZES[size]["batch"]
   base = ctx.get("runners", {}).get(size)
@@ -344,12 +352,9 @@ def section_overheads(report: Report, ctx: dict, args) -> None:
   # drop it (holding every compiled variant at once is what the interleaved timing needs, and
   # with ACT's CIFAR-10 discriminator it exceeds 24 GB of host memory).
   factories, notes = {}, {}
-  # Curriculum: a middle stage of the default 20-cluster easy-to-hard order,
-  # compiled as its own step (the truncated inverse-CDF sampler), same Experiment.
-  cur = exp.config.curriculum
-  stage = cur.num_clusters // 2
-  mask = pacing.mask_for_stage(cur, stage)
-  ctx["curriculum_mask"] = mask
+  # Curriculum: its own compiled step (the truncated inverse-CDF sampler), same Experiment.
+  stage, mask = benchmark_stage(exp)
+  num_clusters = exp.config.curriculum.num_clusters
 
   def curriculum_runner():
     runner = common.JaxStepRunner(exp, stage_key=mask)
@@ -358,7 +363,7 @@ def section_overheads(report: Report, ctx: dict, args) -> None:
     return runner
 
   factories["curriculum"] = curriculum_runner
-  notes["curriculum"] = f"stage {stage}/{cur.num_clusters} mask, own compiled step"
+  notes["curriculum"] = f"stage {stage}/{num_clusters} mask, own compiled step"
   for n in args.stf_sizes:
     if n < batch:
       report.add("overheads", f"STF n={n}", "skipped", f"n < batch {batch}")
@@ -440,12 +445,8 @@ def section_compile(report: Report, ctx: dict, args) -> None:
     ctx.setdefault("cold_compile", {})[(size, "edm")] = jr.compile_seconds
   # The EDM step and one curriculum stage (each stage is its own executable): cold, then
   # through a fresh StepCompiler that can only get it from the persistent cache.
-  from jaxdiff.curriculum import pacing
-  cur = exp.config.curriculum
-  stage = cur.num_clusters // 2
-  keys = {"edm": None,
-          f"curriculum stage {stage}": ctx.get("curriculum_mask",
-                                               pacing.mask_for_stage(cur, stage))}
+  stage, mask = benchmark_stage(exp)
+  keys = {"edm": None, f"curriculum stage {stage}": mask}
   for label, key in keys.items():
     if (size, label) not in ctx.setdefault("cold_compile", {}):
       start = time.perf_counter()
