@@ -1,6 +1,6 @@
 """Shared pieces of the benchmarks: recipes at benchmark sizes, the jaxdiff step, timing.
 
-The jaxdiff side is built through `jaxdiff.train.loop.Experiment`, the object a
+The jaxdiff side is built through `jaxdiff.train.experiment.Experiment`, the object a
 real run uses (same model, objective, optimizer, EMA, shardings, one AOT
 compile per stage via `StepCompiler`); only the dataset is swapped for random
 images of the requested size (`synthetic_data`), so any image size can be
@@ -104,9 +104,9 @@ def synthetic_data():
 
 
 def experiment(config, mesh):
-  from jaxdiff.train import loop
+  from jaxdiff.train.experiment import Experiment
   with synthetic_data():
-    return loop.Experiment(config, mesh=mesh)
+    return Experiment(config, mesh=mesh)
 
 
 def mesh_of(devices, fsdp: int = 1):

@@ -49,11 +49,10 @@ def main(argv=None):
     return input_only(args)
 
   import jax
-  import numpy as np
   from benchmarks import common
   from jaxdiff import prepare_data
   from jaxdiff.data import pipeline
-  from jaxdiff.train import loop
+  from jaxdiff.train.experiment import Experiment
 
   size = common.SIZES[args.size]
   res = size["image_size"]
@@ -71,7 +70,7 @@ def main(argv=None):
   c.data.num_classes = 0
   c.data.random_flip = True
   mesh = common.mesh_of(jax.devices())
-  exp = loop.Experiment(c, mesh=mesh)
+  exp = Experiment(c, mesh=mesh)
   batch = c.data.batch_size
   n = args.steps
 

@@ -6,7 +6,7 @@
 1. FSDP on 8 (simulated) devices: the EDM step of `--size` at global batch
    `--batch`, compiled on a data=8 mesh and on an fsdp=8 mesh. For each:
    `compiled.memory_analysis()` (arguments, temporaries, peak estimate
-   args + outputs - aliased + temp, as `jaxdiff.train.loop.compile_report`) and
+   args + outputs - aliased + temp, as `jaxdiff.train.compile.compile_report`) and
    the train state's bytes per device read off its shardings. FSDP must divide
    the parameter + optimizer (+ EMA) bytes per device by the fsdp size; the row
    says by how much it does (leaves under 4096 elements, or with no dimension
@@ -59,10 +59,10 @@ def state_bytes_per_device(exp) -> dict[str, int]:
 
 def compile_step(size: str, batch: int, mesh, **overrides):
   from benchmarks import common
-  from jaxdiff.train import loop
+  from jaxdiff.train import compile as compile_lib
   exp = common.experiment(common.make_config(size, batch, **overrides), mesh)
   compiled = exp.compiler(None)
-  report = loop.compile_report(compiled)
+  report = compile_lib.compile_report(compiled)
   report["state"] = state_bytes_per_device(exp)
   report["num_params"] = exp.num_params
   report["compile_seconds"] = exp.compiler.compile_log[-1][1]

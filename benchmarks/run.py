@@ -241,9 +241,8 @@ def torch_runner(size: str, batch: int, threads: int):
 
 
 def section_train(report: Report, ctx: dict, args) -> None:
-  import jax
   from benchmarks import common
-  from jaxdiff.train import loop
+  from jaxdiff.train import compile as compile_lib
   for size in args.sizes:
     batch = args.batch or common.SIZES[size]["batch"]
     cfg = common.make_config(size, batch)
@@ -274,7 +273,7 @@ def section_train(report: Report, ctx: dict, args) -> None:
                  f"channels_last, {threads} thread(s)")
       report.data.setdefault("train", {})[size] = {
           "jaxdiff_s": times["jaxdiff"], "pytorch_s": times["pytorch"], "ratio": med}
-    rep = loop.compile_report(jr.compiled)
+    rep = compile_lib.compile_report(jr.compiled)
     flops = rep.get("flops")
     if flops:
       achieved = flops / common.median(times["jaxdiff"])
@@ -329,10 +328,10 @@ def _variant_runner(ctx, args, size, batch, objective, **overrides):
 def benchmark_stage(exp) -> tuple[int, tuple]:
   """(stage, mask) of the curriculum stage the overheads and compile sections measure: the
   middle one of the default easy-to-hard order, compiled as its own step."""
-  from jaxdiff.curriculum import pacing
+  from jaxdiff.curriculum import settings as curriculum_settings
   cur = exp.config.curriculum
   stage = cur.num_clusters // 2
-  return stage, pacing.mask_for_stage(cur, stage)
+  return stage, curriculum_settings.mask_for_stage(cur, stage)
 
 
 def section_overheads(report: Report, ctx: dict, args) -> None:
@@ -372,9 +371,9 @@ def section_overheads(report: Report, ctx: dict, args) -> None:
                                                 stf__reference_size=n)
     notes[f"STF n={n}"] = f"per-device reference set of {n} ({n - batch} fresh draws)"
   for name in ("ect", "sct", "act"):
-    if name not in objectives.REGISTRY:
+    if name not in objectives.names():
       report.add("overheads", name.upper(), "not measured",
-                 f"'{name}' is not in jaxdiff.objectives.REGISTRY yet")
+                 f"'{name}' is not in jaxdiff.objectives yet")
       continue
     factories[name.upper()] = functools.partial(_variant_runner, ctx, args, size, batch, name)
     if name == "sct":
@@ -383,12 +382,12 @@ def section_overheads(report: Report, ctx: dict, args) -> None:
 
   # XLA's FLOP count of each compiled step over the EDM step's: noise-free, so it resolves
   # overheads far below the timing noise of a shared CPU.
-  from jaxdiff.train import loop
-  base_flops = loop.compile_report(base.compiled).get("flops")
+  from jaxdiff.train import compile as compile_lib
+  base_flops = compile_lib.compile_report(base.compiled).get("flops")
   report.data["overhead_flops"] = {"EDM": base_flops}
 
   def add_flops(name, runner):
-    flops = loop.compile_report(runner.compiled).get("flops")
+    flops = compile_lib.compile_report(runner.compiled).get("flops")
     report.data["overhead_flops"][name] = flops
     if base_flops and flops:
       report.add("overheads", f"{name} (FLOPs)", f"{flops / base_flops - 1:+.3%}",
@@ -435,7 +434,7 @@ def section_overheads(report: Report, ctx: dict, args) -> None:
 def section_compile(report: Report, ctx: dict, args) -> None:
   import jax
   from benchmarks import common
-  from jaxdiff.train import step as step_lib
+  from jaxdiff.train import compile as compile_lib
   size = args.sizes[0]
   exp = ctx.get("experiments", {}).get(size)
   if exp is None:
@@ -457,8 +456,8 @@ def section_compile(report: Report, ctx: dict, args) -> None:
       lambda name, **kw: hits.append(name) if "cache_hits" in name else None)
   for label, key in keys.items():
     cold = ctx["cold_compile"].get((size, label))
-    fresh = step_lib.StepCompiler(exp.compiler._build, exp.mesh, exp.state_sharding,
-                                  exp.abstract_state, exp.abstract_batch)
+    fresh = compile_lib.StepCompiler(exp.compiler._build, exp.mesh, exp.state_sharding,
+                                     exp.abstract_state, exp.abstract_batch)
     before = len(hits)
     start = time.perf_counter()
     fresh(key)

@@ -27,7 +27,6 @@ Columns:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
@@ -40,20 +39,17 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from jaxdiff import models, objectives  # noqa: E402
+from jaxdiff import config as config_lib  # noqa: E402
+from jaxdiff import models, objectives, optim  # noqa: E402
 from jaxdiff.data import pipeline  # noqa: E402
 from jaxdiff.objectives import base, stf  # noqa: E402
-from jaxdiff.train import optim, step as step_lib  # noqa: E402
+from jaxdiff.train import step as step_lib  # noqa: E402
 
 SHAPE = (32, 32, 3)
 
 
 def recipe(channels: int, num_blocks: int, batch: int, n: int | None):
-  spec = importlib.util.spec_from_file_location("cifar10_stf",
-                                                os.path.join(ROOT, "configs", "cifar10_stf.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("")
+  c = config_lib.load_config(os.path.join(ROOT, "configs", "cifar10_stf.py"))
   c.model.model_channels = channels
   c.model.num_blocks = num_blocks
   c.data.batch_size = batch
@@ -65,17 +61,20 @@ def recipe(channels: int, num_blocks: int, batch: int, n: int | None):
   return c
 
 
-def build_step(config):
-  """(jitted step, initial state, objective) of a config on one device."""
+def _parts(config):
+  """(objective, optimizer, init fn) of a config on one device."""
   model = models.build_model(config.model, image_shape=SHAPE, num_classes=0)
-  apply_fn = base.make_apply_fn(model)
-  sampler = base.LognormalSampler(config.objective.p_mean, config.objective.p_std)
-  objective = objectives.make_objective(config, apply_fn, sampler, SHAPE)
+  objective = objectives.build(config, base.make_apply_fn(model), SHAPE)
   tx = optim.make_optimizer(config.optim)
   init = step_lib.make_init_fn(model, tx, objective, SHAPE, 0, 0, config.seed, config.rng_impl)
-  state = jax.jit(init)()
+  return objective, tx, init
+
+
+def build_step(config):
+  """(jitted step, initial state, objective) of a config on one device."""
+  objective, tx, init = _parts(config)
   step = jax.jit(step_lib.make_train_step(objective, tx, config), donate_argnums=(0,))
-  return step, state, objective
+  return step, jax.jit(init)(), objective
 
 
 def make_batch(rng, batch: int, draws: int):
@@ -92,14 +91,8 @@ def step_flops(config, batch_arrays) -> float:
 
 def build_step_abstract(config):
   """Like build_step, but shapes only: for FLOP counts of models too big to run here."""
-  model = models.build_model(config.model, image_shape=SHAPE, num_classes=0)
-  apply_fn = base.make_apply_fn(model)
-  sampler = base.LognormalSampler(config.objective.p_mean, config.objective.p_std)
-  objective = objectives.make_objective(config, apply_fn, sampler, SHAPE)
-  tx = optim.make_optimizer(config.optim)
-  init = step_lib.make_init_fn(model, tx, objective, SHAPE, 0, 0, config.seed, config.rng_impl)
-  state = jax.eval_shape(init)
-  return jax.jit(step_lib.make_train_step(objective, tx, config)), state, objective
+  objective, tx, init = _parts(config)
+  return jax.jit(step_lib.make_train_step(objective, tx, config)), jax.eval_shape(init), objective
 
 
 def abstract_batch(batch: int, draws: int):

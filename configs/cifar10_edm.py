@@ -1,4 +1,6 @@
-"""EDM on CIFAR-10, unconditional, DDPM++ (Karras et al. 2022; NVlabs/edm train.py, spec §1.3).
+"""EDM on CIFAR-10, unconditional, DDPM++ (Karras et al. 2022; NVlabs/edm train.py).
+
+See docs/edm.md#cifar-10 for the official settings and their sources.
 
   python -m jaxdiff.prepare_data --dataset=cifar10 --data_dir=~/jaxdiff_datasets   # once
   python -m jaxdiff.main --config=configs/cifar10_edm.py --workdir=runs/cifar10_edm \
@@ -29,50 +31,19 @@ set or EDM's cifar10-32x32.npz (config.eval.reference_stats).
 (`synthetic/8x8`, written on first use through the same tfds builder and read
 through the same ArrayRecord path as CIFAR-10) and a tiny DDPM++.
 """
-import os
-import tempfile
+from configs import common
 
-from jaxdiff.config import base_config
-
-MIMG = 1_000_000
+MIMG = common.MIMG
 
 
 def get_config(arg: str = ""):
-  if arg not in ("", "smoke"):
-    raise ValueError(f"Unknown config arg {arg!r}; use '' or 'smoke'.")
-  c = base_config()
-  c.data.name = "tfds"
-  c.data.tfds_name = "cifar10"
+  common.check_arg(arg)
+  c = common.base_config()
+  common.tfds_images(c, "cifar10", 32, batch_size=512)  # EDM's --xflip default: no flips
   c.data.data_dir = ""              # "": $JAXDIFF_DATA_DIR or ~/jaxdiff_datasets
-  c.data.image_size = 32
-  c.data.channels = 3
-  c.data.num_classes = 0
-  c.data.batch_size = 512
-  c.data.random_flip = False        # EDM's --xflip default
+  common.cifar10_ddpmpp(c, dropout=0.13, augment_dim=9)  # EDM's architecture; see the note
 
-  c.model.name = "ddpmpp"
-  c.model.model_channels = 128
-  c.model.channel_mult = (2, 2, 2)
-  c.model.channel_mult_emb = 4
-  c.model.num_blocks = 4
-  c.model.attn_resolutions = (16,)
-  c.model.dropout = 0.13
-  c.model.augment_dim = 9           # EDM's architecture; see the deviation note
-
-  c.objective.name = "edm"
-  c.objective.sigma_data = 0.5
-  c.objective.p_mean = -1.2
-  c.objective.p_std = 1.2
-
-  c.optim.name = "adam"
-  c.optim.lr = 1e-3
-  c.optim.b1, c.optim.b2, c.optim.eps = 0.9, 0.999, 1e-8
-  c.optim.warmup_steps = round(10 * MIMG / 512)   # 10 Mimg
-  c.optim.nonfinite = "zero"                      # EDM: nan_to_num on gradients
-
-  c.ema.kind = "halflife"
-  c.ema.halflife_kimg = 500.0
-  c.ema.rampup_ratio = 0.05
+  common.edm_training(c, lr=1e-3, ema_halflife_kimg=500.0)
 
   c.train.num_steps = 200 * MIMG // 512           # 200 Mimg = 390,625 steps
   c.train.log_every = 500
@@ -92,22 +63,9 @@ def get_config(arg: str = ""):
 
 def apply_smoke(c):
   """Generated 8x8 data through the tfds path, a tiny model, a few steps."""
-  c.data.tfds_name = "synthetic/8x8"
-  c.data.data_dir = os.path.join(tempfile.gettempdir(), "jaxdiff_smoke_data")
-  c.data.image_size = 8
-  c.data.batch_size = 16
-  c.model.model_channels = 8
-  c.model.channel_mult = (1,)        # one level: compiles in half the time of two
-  c.model.num_blocks = 1
-  c.model.attn_resolutions = (8,)
+  common.synthetic_tfds(c)
+  common.tiny_unet(c)
   c.optim.warmup_steps = 2
-  c.train.num_steps = 4
-  c.train.log_every = 2
-  c.train.ckpt_every = 2
-  c.train.sample_every = 0
-  c.train.eval_every = 0
-  c.sample.num_steps = 4
-  c.sample.num_samples = 16
-  c.eval.num_samples = 64
-  c.eval.fid_num_samples = 32
-  c.eval.fid_batch_size = 16
+  common.few_steps(c, 4, log_every=2, ckpt_every=2)
+  common.few_samples(c)
+  common.tiny_fid(c)

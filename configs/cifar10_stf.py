@@ -8,7 +8,8 @@
 `configs/cifar10_edm.py` (EDM's CIFAR-10 recipe: DDPM++ 55.7M, batch 512, Adam
 1e-3 with a 10 Mimg warm-up, EMA half-life 0.5 Mimg, dropout 0.13, 200 Mimg,
 35-NFE Heun; its deviation note on augmentation applies here too) with
-Newbeeer/stf's `--stf=1 --rbatch=1024` (spec §3.2): the target is the STF
+Newbeeer/stf's `--stf=1 --rbatch=1024` (docs/stf.md#reference-set-construction):
+the target is the STF
 target over a per-device reference set of 1024 images, the device's minibatch
 images included. On 8 devices that is 64 minibatch images + 960 fresh draws per
 device and step, as in the official 8-GPU runs. Reported: FID 1.92 (EDM+STF,
@@ -16,33 +17,20 @@ DDPM++, rbatch 1024) vs 1.97 (EDM), 35 NFE.
 
 Without EDM's augmentation pipe the reference set holds un-augmented images,
 which is what the official code does with augmentation off (minus its shape
-bug, spec §3.6 pitfall 1).
+bug, docs/stf.md#pitfalls).
 
 `:smoke` is cifar10_edm's smoke (a generated 8x8 RGB dataset read through the
 same tfds ArrayRecord path as CIFAR-10, a tiny DDPM++, a few steps), so it runs
 on a machine without CIFAR-10, with a reference set of 32 per device.
 """
-import importlib.util
-import os
-
-
-def _cifar10_edm():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cifar10_edm.py")
-  spec = importlib.util.spec_from_file_location("cifar10_edm", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from configs import cifar10_edm, common
 
 
 def get_config(arg: str = ""):
-  if arg not in ("", "smoke"):
-    raise ValueError(f"Unknown config arg {arg!r}; use '' or 'smoke'.")
-  base = _cifar10_edm()
-  c = base.get_config("")
+  common.check_arg(arg)
+  c = cifar10_edm.get_config(arg)
   c.objective.name = "stf"
-  c.stf.reference_size = 1024      # the published models' --rbatch (train.py default: 4096)
-  c.stf.mode = "per_device"        # the official behaviour
-  if arg == "smoke":
-    base.apply_smoke(c)
-    c.stf.reference_size = 32
+  # The published models' --rbatch (train.py default: 4096); per device, as the official code.
+  c.stf.reference_size = 32 if arg == "smoke" else 1024
+  c.stf.mode = "per_device"
   return c

@@ -6,35 +6,25 @@
   python -m jaxdiff.main --config=configs/digits_curriculum.py --workdir=runs/digits_study \
       --mode=analyze
 
-Everything but the `curriculum` block is configs/digits_edm.py (imported by
-path, so both recipes stay in step). Kim et al. (arXiv 2403.10348) split the
+Everything but the `curriculum` block is configs/digits_edm.py (imported, so
+both recipes stay in step). Kim et al. (arXiv 2403.10348) split the
 noise levels into 20 clusters and add them from the highest noise (easiest)
 down to the lowest; stage n trains on the n easiest clusters, and after
 stage 20 training goes on over the full distribution.
 
 Pacing values are ours, sized for this recipe's 4000 steps [UNVERIFIED; the
-paper's tau and window are not public, spec 6.2]: windows of 16 steps (batch
+paper's tau and window are not public, docs/curriculum.md#defaults]: windows of 16 steps (batch
 128) and tau = 1, so a flat loss advances a stage after (tau + 2) * 16 = 48
 steps; a cap of 80 steps per stage ends the curriculum by step 19 * 80 = 1520
 at the latest, leaving at least 62% of the budget for the full distribution
-(spec 6.7: a large tau starves the hardest clusters).
+(docs/curriculum.md#pitfalls: a large tau starves the hardest clusters).
 """
-import importlib.util
-import os
-
-
-def _digits_edm():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits_edm.py")
-  spec = importlib.util.spec_from_file_location("jaxdiff_configs_digits_edm", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from configs import common, digits_edm
 
 
 def get_config(arg: str = ""):
-  if arg not in ("", "smoke"):
-    raise ValueError(f"Unknown config arg {arg!r}; use '' or 'smoke'.")
-  c = _digits_edm().get_config(arg)
+  common.check_arg(arg)
+  c = digits_edm.get_config(arg)
   cur = c.curriculum
   cur.enabled = True
   cur.num_clusters = 20

@@ -1,4 +1,6 @@
-"""EDM on ImageNet 64x64, class-conditional (EDM's `--cond=1 --arch=adm` recipe, spec §1.3).
+"""EDM on ImageNet 64x64, class-conditional (EDM's `--cond=1 --arch=adm` recipe).
+
+See docs/edm.md#imagenet-64 for the official settings and their sources.
 
   python -m jaxdiff.prepare_data --dataset=imagenet_resized/64x64 --data_dir=DIR --source=NPZ_DIR
   python -m jaxdiff.main --config=configs/imagenet64_edm.py --workdir=runs/imagenet64_edm \
@@ -32,51 +34,21 @@ Deviations (stated, not hidden):
 classes, the same tfds builder and reader path) and a tiny class-conditional
 DDPM++.
 """
-import os
-import tempfile
+from configs import common
 
-from jaxdiff.config import base_config
-
-MIMG = 1_000_000
+MIMG = common.MIMG
 
 
 def get_config(arg: str = ""):
-  if arg not in ("", "smoke"):
-    raise ValueError(f"Unknown config arg {arg!r}; use '' or 'smoke'.")
-  c = base_config()
-  c.data.name = "tfds"
-  c.data.tfds_name = "imagenet_resized/64x64"
-  c.data.data_dir = ""
-  c.data.image_size = 64
-  c.data.channels = 3
-  c.data.num_classes = 1000
-  c.data.batch_size = 4096
-  c.data.random_flip = False        # EDM: --xflip off, --augment=0
-
-  c.model.name = "ddpmpp"           # closest to ADM available; see the deviation note
-  c.model.model_channels = 192
-  c.model.channel_mult = (1, 2, 3, 4)
-  c.model.channel_mult_emb = 4
-  c.model.num_blocks = 3
-  c.model.attn_resolutions = (32, 16, 8)
-  c.model.dropout = 0.10
+  common.check_arg(arg)
+  c = common.base_config()
+  common.tfds_images(c, "imagenet_resized/64x64", 64, batch_size=4096, num_classes=1000)
+  c.data.data_dir = ""              # EDM: --xflip off, --augment=0
+  # The closest to ADM available; see the deviation note.
+  common.ddpmpp(c, 192, (1, 2, 3, 4), 3, (32, 16, 8), dropout=0.10)
   c.model.label_dropout = 0.0
-  c.model.augment_dim = 0
 
-  c.objective.name = "edm"
-  c.objective.sigma_data = 0.5
-  c.objective.p_mean = -1.2
-  c.objective.p_std = 1.2
-
-  c.optim.name = "adam"
-  c.optim.lr = 2e-4
-  c.optim.b1, c.optim.b2, c.optim.eps = 0.9, 0.999, 1e-8
-  c.optim.warmup_steps = round(10 * MIMG / 4096)  # EDM's default 10 Mimg ramp-up
-  c.optim.nonfinite = "zero"
-
-  c.ema.kind = "halflife"
-  c.ema.halflife_kimg = 50_000.0                  # --ema=50 (Mimg)
-  c.ema.rampup_ratio = 0.05
+  common.edm_training(c, lr=2e-4, ema_halflife_kimg=50_000.0)   # --ema=50 (Mimg)
 
   c.train.num_steps = round(2500 * MIMG / 4096)   # 2500 Mimg
   c.train.log_every = 500
@@ -90,24 +62,10 @@ def get_config(arg: str = ""):
   c.eval.fid_batch_size = 512
 
   if arg == "smoke":
-    c.data.tfds_name = "synthetic/8x8"
-    c.data.data_dir = os.path.join(tempfile.gettempdir(), "jaxdiff_smoke_data")
-    c.data.image_size = 8
-    c.data.num_classes = 10
-    c.data.batch_size = 16
-    c.model.model_channels = 8
-    c.model.channel_mult = (1,)        # one level: compiles in half the time of two
-    c.model.num_blocks = 1
-    c.model.attn_resolutions = (8,)
+    common.synthetic_tfds(c, num_classes=10)
+    common.tiny_unet(c)
     c.optim.warmup_steps = 2
-    c.train.num_steps = 4
-    c.train.log_every = 2
-    c.train.ckpt_every = 2
-    c.train.sample_every = 0
-    c.train.eval_every = 0
-    c.sample.num_steps = 4
-    c.sample.num_samples = 16
-    c.eval.num_samples = 64
-    c.eval.fid_num_samples = 32
-    c.eval.fid_batch_size = 16
+    common.few_steps(c, 4, log_every=2, ckpt_every=2)
+    common.few_samples(c)
+    common.tiny_fid(c)
   return c

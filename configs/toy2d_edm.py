@@ -4,11 +4,12 @@
   python -m jaxdiff.main --config=configs/toy2d_edm.py --workdir=runs/moons \
       --config.data.toy2d_distribution=moons
 """
-from jaxdiff.config import base_config
+from configs import common
 
 
 def get_config(arg: str = ""):
-  c = base_config()
+  common.check_arg(arg)
+  c = common.base_config()
   c.data.name = "toy2d"
   c.data.toy2d_distribution = "gaussian_mixture"
   c.data.batch_size = 256
@@ -28,12 +29,6 @@ def get_config(arg: str = ""):
     c.data.batch_size = 64
     c.model.hidden_dim = 32
     c.model.num_layers = 2
-    c.train.num_steps = 8
-    c.train.log_every = 4
-    c.train.ckpt_every = 4
-    c.sample.num_steps = 4
-    c.sample.num_samples = 256
-    c.eval.num_samples = 256
-  elif arg:
-    raise ValueError(f"Unknown config arg {arg!r}; use '' or 'smoke'.")
+    common.few_steps(c, 8, log_every=4, ckpt_every=4)
+    common.few_samples(c, num_samples=256, eval_samples=256)
   return c

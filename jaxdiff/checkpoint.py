@@ -1,4 +1,5 @@
-"""Orbax checkpoints: async saves, keep-last-N, restore into target shardings, fallback.
+"""Orbax checkpoints: async saves, keep-last-N, restore into target shardings, fallback,
+and saving on preemption.
 
 A checkpoint holds two items: `state` (the sharded TrainState arrays) and
 `host` (JSON: host-side state such as the curriculum pacer). Saves are atomic
@@ -11,16 +12,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
-
-
-class CheckpointError(RuntimeError):
-  pass
 
 
 class Checkpointer:
@@ -120,3 +118,37 @@ def _all_processes_ok(ok: bool) -> bool:
   import numpy as np
   flags = multihost_utils.process_allgather(np.asarray([int(ok)], np.int32))
   return bool(np.all(flags))
+
+
+class PreemptionWatch:
+  """SIGTERM (and JAX's preemption notice) -> save at the next step boundary.
+
+  Under jax.distributed (multi-host, TPU VMs) JAX's preemption sync manager
+  owns SIGTERM: a notice on any host makes every host agree on one step to save
+  at (`reached_preemption`), so no Python handler is installed there, since it
+  would replace JAX's. A plain single process catches SIGTERM itself.
+  """
+
+  def __init__(self, checkpointer: Checkpointer):
+    self._ckpt = checkpointer
+    self.requested = False
+    self._previous = None
+    self._use_jax = jax.distributed.is_initialized()
+    if not self._use_jax:
+      try:
+        self._previous = signal.signal(signal.SIGTERM, self._handler)
+      except ValueError:  # not the main thread (e.g. some test runners)
+        pass
+
+  def _handler(self, signum, frame):
+    self.requested = True
+
+  def should_stop(self, step: int) -> bool:
+    if self._use_jax:
+      # Collective bookkeeping: every process calls this at every step.
+      return self._ckpt.reached_preemption(step)
+    return self.requested
+
+  def restore(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)

@@ -50,6 +50,10 @@ def parse_flags(argv):
   A mistyped override (`--config.optim.lrr=1`) otherwise ends in a traceback
   from ml_collections; a bad value or recipe argument in absl's multi-line dump.
   """
+  recipe = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
+  if recipe:  # recipes build on each other by import: `from configs import common`
+    from jaxdiff.config import make_recipes_importable
+    make_recipes_importable(recipe.partition(":")[0])
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:  # unknown key in a locked config
@@ -78,6 +82,29 @@ def _die(message: str):
   sys.exit(2)
 
 
+def run_mode(config, workdir: str):
+  """Dispatches to the trainer or a command mode (jaxdiff/commands/)."""
+  from jaxdiff import console
+  if _COMPILE_ONLY.value:
+    from jaxdiff.commands import compile as compile_cmd
+    compile_cmd.compile_only(config)
+  elif _MODE.value == "train":
+    from jaxdiff.train import loop
+    summary = loop.train(config, workdir, allow_config_change=_ALLOW_CHANGE.value)
+    if "samples_png" in summary:
+      console.log(f"samples: {summary['samples_png']}")
+  elif _MODE.value == "sample":
+    from jaxdiff.commands import sample
+    sample.sample_from_workdir(config, workdir, _NUM_SAMPLES.value, use_ema=not _RAW.value,
+                               seed=_SEED.value)
+  elif _MODE.value == "eval":
+    from jaxdiff.commands import evaluate
+    evaluate.evaluate_workdir(config, workdir, use_ema=not _RAW.value)
+  elif _MODE.value == "analyze":
+    from jaxdiff.commands import analyze
+    analyze.run(config, workdir)
+
+
 def main(argv):
   del argv
   from jaxdiff import parallel
@@ -90,26 +117,10 @@ def main(argv):
   if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # the environment's choice wins
     jax.config.update("jax_compilation_cache_dir",
                       os.path.join(os.path.dirname(os.path.abspath(_WORKDIR.value)), ".jax_cache"))
-  from jaxdiff import config as config_lib
-  from jaxdiff.train import loop
-  config = _CONFIG.value
+  from jaxdiff import errors
   try:
-    if _COMPILE_ONLY.value:
-      loop.compile_only(config)
-    elif _MODE.value == "train":
-      summary = loop.train(config, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value)
-      if "samples_png" in summary:
-        loop.log(f"samples: {summary['samples_png']}")
-    elif _MODE.value == "sample":
-      loop.sample_from_workdir(config, _WORKDIR.value, _NUM_SAMPLES.value,
-                               use_ema=not _RAW.value, seed=_SEED.value)
-    elif _MODE.value == "eval":
-      from jaxdiff.evaluation import run_eval
-      run_eval.evaluate_workdir(config, _WORKDIR.value, use_ema=not _RAW.value)
-    elif _MODE.value == "analyze":
-      from jaxdiff.curriculum import study
-      study.run(config, _WORKDIR.value)
-  except (config_lib.ConfigError, FileNotFoundError, loop.NonFiniteLossError, ValueError) as e:
+    run_mode(_CONFIG.value, _WORKDIR.value)
+  except (errors.ConfigError, FileNotFoundError, errors.NonFiniteLossError, ValueError) as e:
     # Bad input (config, data, files): one clear line, not a traceback; the
     # traceback stays available with --verbosity=1.
     logging.debug("traceback of the error below", exc_info=True)

@@ -22,7 +22,7 @@ already downloaded, via --source).
 
 Resizing: LSUN Cat uses ADM's `center_crop_arr` (BOX halving, BICUBIC so the
 short side is 256, centre crop): ACT's released code has no LSUN data path
-(its lsun script calls a data module without an LSUN branch, spec §5.7), and
+(its lsun script calls a data module without an LSUN branch, docs/act.md#pitfalls), and
 this is the preprocessing of the CM LSUN-256 baselines ACT compares against.
 `--transform` overrides the default (none | center-crop | adm | celeba) and
 `--resolution` the size; `--name` stores the result under another name.
@@ -32,48 +32,15 @@ Preparing through tfds' own builders needs TensorFlow (`pip install -e
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import urllib.request
 from typing import Callable, Iterable
 
-from jaxdiff.data import builders
+from jaxdiff.data import builders, images, sources
+from jaxdiff.data.catalog import RECIPES, Recipe, resolve_data_dir
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
-DEFAULT_DATA_DIR_ENV = "JAXDIFF_DATA_DIR"
-
-
-def default_data_dir() -> str:
-  return os.environ.get(DEFAULT_DATA_DIR_ENV,
-                        os.path.join(os.path.expanduser("~"), "jaxdiff_datasets"))
-
-
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-  resolution: int | None     # None: the images' own size
-  num_classes: int | None    # None: from the source (dataset.json)
-  transform: str
-  channels: int = 3
-  tfds_name: str | None = None  # tfds' own builder, used when no --source is given
-
-
-RECIPES: dict[str, Recipe] = {
-    "cifar10": Recipe(32, 10, "none", tfds_name=None),
-    "imagenet_resized/64x64": Recipe(64, 1000, "none", tfds_name="imagenet_resized/64x64"),
-    "lsun/cat": Recipe(256, 0, "adm", tfds_name="lsun/cat"),
-    "celeb_a": Recipe(64, 0, "celeba", tfds_name="celeb_a"),
-    "ffhq": Recipe(64, 0, "none"),
-    "synthetic": Recipe(8, 10, "none"),
-}
-
-
-def prepare_command(dataset: str, data_dir: str) -> str:
-  """The exact command that prepares `dataset` into `data_dir` (quoted in error messages)."""
-  cmd = f"python -m jaxdiff.prepare_data --dataset={dataset} --data_dir={data_dir}"
-  if dataset not in RECIPES or dataset == "ffhq":
-    cmd += " --source=PATH_TO_IMAGE_FOLDER_OR_ZIP"
-  return cmd
 
 
 def _is_tarball(path: str) -> bool:
@@ -83,7 +50,7 @@ def _is_tarball(path: str) -> bool:
 def _npz_zips(source: str) -> list[str]:
   """Downsampled-ImageNet npz zips under `source` (a directory or one zip)."""
   if os.path.isdir(source):
-    found = [os.path.join(source, n) for n in builders.IMAGENET64_TRAIN_ZIPS
+    found = [os.path.join(source, n) for n in sources.IMAGENET64_TRAIN_ZIPS
              if os.path.exists(os.path.join(source, n))]
     return found
   if source.endswith("_npz.zip"):
@@ -91,66 +58,49 @@ def _npz_zips(source: str) -> list[str]:
   return []
 
 
-def _examples_and_info(dataset: str, name: str, data_dir: str, source: str | None,
-                       resolution: int | None, transform: str | None,
-                       num_examples: int, tfds_data_dir: str | None, download: bool
-                       ) -> tuple[Callable[[], Iterable[builders.Example]], builders.ImageDatasetInfo]:
-  recipe = RECIPES.get(dataset)
-  if recipe is None and not source:
-    raise ValueError(
-        f"--dataset={dataset!r} is not one of the built-in recipes {sorted(RECIPES)}; import "
-        "it from an EDM-style image folder or zip with --source=PATH.")
-  resolution = resolution or (recipe.resolution if recipe else None)
-  transform = transform or (recipe.transform if recipe else "none")
-  builders.get_transform(transform)  # validate early
+def _cifar10_binary(name: str, data_dir: str, tar: str | None, download: bool):
+  if tar is None:
+    tar = os.path.join(data_dir, "downloads", os.path.basename(CIFAR10_URL))
+    if not os.path.exists(tar):
+      if not download:
+        raise FileNotFoundError(f"{tar} is missing and --nodownload was given.")
+      os.makedirs(os.path.dirname(tar), exist_ok=True)
+      print(f"downloading {CIFAR10_URL} -> {tar}", flush=True)
+      urllib.request.urlretrieve(CIFAR10_URL, tar + ".part")
+      os.replace(tar + ".part", tar)
+  print(f"CIFAR-10 binary archive {tar} (md5 {builders.file_md5(tar)})", flush=True)
+  info = builders.ImageDatasetInfo(name, (32, 32, 3), 10, source=f"cifar-10-binary ({tar})",
+                                   transform="none", num_examples_hint=50_000)
+  return (lambda: sources.cifar10_binary_examples(tar)), info
 
-  if dataset == "synthetic":
-    res = resolution or 8
-    shape = (res, res, 3)
-    classes = recipe.num_classes
-    info = builders.ImageDatasetInfo(name, shape, classes, source="generated (synthetic blobs)",
-                                     transform="none", num_examples_hint=num_examples)
-    return (lambda: builders.synthetic_examples(num_examples, shape, classes)), info
 
-  if dataset == "cifar10" and (source is None or _is_tarball(source)):
-    tar = source
-    if tar is None:
-      tar = os.path.join(data_dir, "downloads", os.path.basename(CIFAR10_URL))
-      if not os.path.exists(tar):
-        if not download:
-          raise FileNotFoundError(f"{tar} is missing and --nodownload was given.")
-        os.makedirs(os.path.dirname(tar), exist_ok=True)
-        print(f"downloading {CIFAR10_URL} -> {tar}", flush=True)
-        urllib.request.urlretrieve(CIFAR10_URL, tar + ".part")
-        os.replace(tar + ".part", tar)
-    print(f"CIFAR-10 binary archive {tar} (md5 {builders.file_md5(tar)})", flush=True)
-    info = builders.ImageDatasetInfo(name, (32, 32, 3), 10, source=f"cifar-10-binary ({tar})",
-                                     transform="none", num_examples_hint=50_000)
-    return (lambda: builders.cifar10_binary_examples(tar)), info
+def _imagenet_npz(name: str, zips: list[str]):
+  info = builders.ImageDatasetInfo(name, (64, 64, 3), 1000,
+                                   source=f"downsampled ImageNet npz ({', '.join(zips)})",
+                                   transform="box (Chrabaszcz et al.)",
+                                   num_examples_hint=1_281_167)
+  return (lambda: sources.imagenet_npz_examples(zips, 64)), info
 
-  if dataset == "imagenet_resized/64x64" and source and _npz_zips(source):
-    zips = _npz_zips(source)
-    info = builders.ImageDatasetInfo(name, (64, 64, 3), 1000,
-                                     source=f"downsampled ImageNet npz ({', '.join(zips)})",
-                                     transform="box (Chrabaszcz et al.)",
-                                     num_examples_hint=1_281_167)
-    return (lambda: builders.imagenet_npz_examples(zips, 64)), info
 
-  if source:
-    shape, classes, count = builders.probe_image_folder(source, resolution, transform)
-    if recipe and recipe.num_classes and classes and classes != recipe.num_classes:
-      raise builders.DatasetFormatError(
-          f"{source}/dataset.json has {classes} classes; {dataset} has {recipe.num_classes}.")
-    if recipe and recipe.num_classes and not classes:
-      print(f"note: {source} has no dataset.json labels; {name} is prepared unlabelled.",
-            flush=True)
-    print(f"importing {count} images of shape {shape} from {source} "
-          f"(transform {transform if resolution else 'none'})", flush=True)
-    info = builders.ImageDatasetInfo(name, shape, classes, source=f"image folder/zip ({source})",
-                                     transform=f"{transform}@{resolution}" if resolution else "none",
-                                     num_examples_hint=count)
-    return (lambda: builders.image_folder_examples(source, resolution, transform)), info
+def _image_folder(dataset: str, name: str, recipe: Recipe | None, source: str,
+                  resolution: int | None, transform: str):
+  shape, classes, count = sources.probe_image_folder(source, resolution, transform)
+  if recipe and recipe.num_classes and classes and classes != recipe.num_classes:
+    raise builders.DatasetFormatError(
+        f"{source}/dataset.json has {classes} classes; {dataset} has {recipe.num_classes}.")
+  if recipe and recipe.num_classes and not classes:
+    print(f"note: {source} has no dataset.json labels; {name} is prepared unlabelled.",
+          flush=True)
+  print(f"importing {count} images of shape {shape} from {source} "
+        f"(transform {transform if resolution else 'none'})", flush=True)
+  info = builders.ImageDatasetInfo(name, shape, classes, source=f"image folder/zip ({source})",
+                                   transform=f"{transform}@{resolution}" if resolution else "none",
+                                   num_examples_hint=count)
+  return (lambda: sources.image_folder_examples(source, resolution, transform)), info
 
+
+def _tfds_builder(dataset: str, name: str, recipe: Recipe | None, resolution: int | None,
+                  transform: str, tfds_data_dir: str | None):
   if recipe is None or recipe.tfds_name is None:
     raise ValueError(f"--dataset={dataset} needs --source=PATH (an image folder or zip); "
                      "see `python -m jaxdiff.prepare_data --helpfull`.")
@@ -166,8 +116,31 @@ def _examples_and_info(dataset: str, name: str, data_dir: str, source: str | Non
   info = builders.ImageDatasetInfo(name, shape, recipe.num_classes,
                                    source=f"tfds builder {recipe.tfds_name}",
                                    transform=f"{transform}@{resolution}", num_examples_hint=hint)
-  return (lambda: builders.tfds_examples(recipe.tfds_name, tfds_data_dir, resolution, transform)
+  return (lambda: sources.tfds_examples(recipe.tfds_name, tfds_data_dir, resolution, transform)
           ), info
+
+
+def _examples_and_info(dataset: str, name: str, data_dir: str, source: str | None,
+                       resolution: int | None, transform: str | None,
+                       num_examples: int, tfds_data_dir: str | None, download: bool
+                       ) -> tuple[Callable[[], Iterable[builders.Example]], builders.ImageDatasetInfo]:
+  recipe = RECIPES.get(dataset)
+  if recipe is None and not source:
+    raise ValueError(
+        f"--dataset={dataset!r} is not one of the built-in recipes {sorted(RECIPES)}; import "
+        "it from an EDM-style image folder or zip with --source=PATH.")
+  resolution = resolution or (recipe.resolution if recipe else None)
+  transform = transform or (recipe.transform if recipe else "none")
+  images.get_transform(transform)  # validate early
+  if dataset == "synthetic":
+    return sources.synthetic_source(name, resolution or 8, recipe.num_classes, num_examples)
+  if dataset == "cifar10" and (source is None or _is_tarball(source)):
+    return _cifar10_binary(name, data_dir, source, download)
+  if dataset == "imagenet_resized/64x64" and source and _npz_zips(source):
+    return _imagenet_npz(name, _npz_zips(source))
+  if source:
+    return _image_folder(dataset, name, recipe, source, resolution, transform)
+  return _tfds_builder(dataset, name, recipe, resolution, transform, tfds_data_dir)
 
 
 def prepare(dataset: str, data_dir: str | None = None, source: str | None = None,
@@ -175,7 +148,7 @@ def prepare(dataset: str, data_dir: str | None = None, source: str | None = None
             num_examples: int = 256, tfds_data_dir: str | None = None, download: bool = True,
             overwrite: bool = False) -> str:
   """Prepares `dataset` as `name` (default: the dataset name) in data_dir; returns its directory."""
-  data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
+  data_dir = resolve_data_dir(data_dir)
   name = name or dataset
   builders.split_name(name)
   examples, info = _examples_and_info(dataset, name, data_dir, source, resolution, transform,
@@ -188,7 +161,7 @@ def main(argv):
   from absl import flags
   del argv
   f = flags.FLAGS
-  data_dir = os.path.abspath(os.path.expanduser(f.data_dir or default_data_dir()))
+  data_dir = resolve_data_dir(f.data_dir)
   try:
     path = prepare(f.dataset, data_dir, f.source, f.resolution, f.transform, f.name,
                    f.num_examples, f.tfds_data_dir, f.download, f.overwrite)
@@ -209,7 +182,7 @@ def _define_flags():
                       "dataset.json labels), cifar-10-binary.tar.gz, or a directory with the "
                       "Imagenet64_train_part*_npz.zip files.")
   flags.DEFINE_integer("resolution", None, "Output resolution (default: the dataset's recipe).")
-  flags.DEFINE_enum("transform", None, sorted(builders.TRANSFORMS),
+  flags.DEFINE_enum("transform", None, sorted(images.TRANSFORMS),
                     "Crop/resize (default: the dataset's recipe).")
   flags.DEFINE_string("name", None, "Store under this name instead of --dataset.")
   flags.DEFINE_integer("num_examples", 256, "Images to generate for --dataset=synthetic.")

@@ -6,7 +6,6 @@ signals included), configs of tiny toy2d smoke runs, and checkpoint reading.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import os
 import signal
@@ -19,6 +18,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxdiff.train.experiment import Experiment
+from jaxdiff import config as config_lib
 from jaxdiff import checkpoint, parallel
 from jaxdiff.train import loop
 
@@ -31,10 +32,7 @@ FAST = {"train.loss_buckets": 0, "train.sample_every": 0, "eval.num_samples": 16
 
 
 def load_config(name: str = "toy2d_edm", arg: str = "smoke") -> ml_collections.ConfigDict:
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", name + ".py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.load_config(f"{name}:{arg}")
 
 
 def apply_overrides(config, overrides: dict):
@@ -150,7 +148,7 @@ def losses(workdir) -> list[float]:
 
 def restore(workdir, config, mesh=None):
   """(step, host dict, state on the host) of the newest checkpoint of a workdir."""
-  exp = loop.Experiment(config, mesh=mesh)
+  exp = Experiment(config, mesh=mesh)
   ck = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
   try:
     restored = ck.restore_latest(exp.abstract_state)

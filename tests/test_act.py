@@ -1,4 +1,4 @@
-"""ACT: objective, discriminator, R1, adaptive augmentation and the trainer (spec §5.5; issue 6).
+"""ACT: objective, discriminator, R1, adaptive augmentation and the trainer (docs/act.md#testable-properties; issue 6).
 
 The pure schedules (N(k), mu(k), w(t_j), the ADA rule) are tested in
 test_act_math.py. Here: the generator loss against a hand-assembled CT loss
@@ -8,7 +8,6 @@ discriminator step, the augmentation (identity at p = 0, differentiable), the
 discriminator network, config errors, and a smoke run: two compiled variants,
 the discriminator state in the checkpoint, samples from the mu(k) teacher.
 """
-import importlib.util
 import os
 
 import chex
@@ -17,28 +16,28 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxdiff.train import samples
+from jaxdiff.train.experiment import Experiment
 from jaxdiff import checkpoint as ckpt_lib
 from jaxdiff import config as config_lib
 from jaxdiff import diffusion
 from jaxdiff.models import discriminator as disc_lib
-from jaxdiff.objectives import act, act_augment
-from jaxdiff.objectives.consistency_math import karras_grid_ascending, pseudo_huber
+from jaxdiff.objectives.act import augment as act_augment
+from jaxdiff.objectives.act import objective as act
+from jaxdiff.objectives.consistency.math import karras_grid_ascending, pseudo_huber
 from jaxdiff.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name="digits_act", arg="smoke"):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", name + ".py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.load_config(f"{name}:{arg}")
 
 
 @pytest.fixture(scope="module")
 def setup():
   """(experiment, state, batch) of the digits smoke recipe on the 8 simulated devices."""
-  exp = loop.Experiment(load_config())
+  exp = Experiment(load_config())
   return exp, exp.init_state(), exp.global_batch(0)
 
 
@@ -58,8 +57,8 @@ def objective_with(exp, **act_overrides):
   c = exp.config.copy_and_resolve_references()
   for k, v in act_overrides.items():
     c.act[k] = v
-  obj = act.ACTObjective.from_config(c, exp.apply_fn, exp.objective.noise_sampler,
-                                     exp.example_shape)
+  obj = act.ACTObjective.from_config(c, exp.apply_fn, exp.example_shape,
+                                     exp.objective.noise_sampler)
   obj.mesh = exp.mesh
   return obj
 
@@ -321,7 +320,7 @@ def test_smoke_run_compiles_two_variants_checkpoints_the_discriminator_and_resum
                           "VariantKey(stage=None, variant=True)"]
   assert np.isfinite(summary["final_loss"])
 
-  exp = loop.Experiment(c)
+  exp = Experiment(c)
   checkpointer = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"))
   try:
     restored, _, step = checkpointer.restore_latest(exp.abstract_state)
@@ -336,11 +335,11 @@ def test_smoke_run_compiles_two_variants_checkpoints_the_discriminator_and_resum
   # Two R1 steps (0 and 4) moved the R1 EMA away from its initial threshold.
   assert float(aux["r1_ema"]) != float(init.aux["r1_ema"])
   # Samples come from the mu(k) teacher.
-  assert loop.sampling_params(exp, restored) is aux["teacher"]
+  assert samples.sampling_params(exp, restored) is aux["teacher"]
 
   # Stop after step 3 (as on preemption), resume, and compare everything bit for bit:
   # parameters, EMA, optimizer, teacher, discriminator and its optimizer, p, R1 EMA.
-  monkeypatch.setattr(loop.PreemptionWatch, "should_stop", lambda self, step: step == 3)
+  monkeypatch.setattr(ckpt_lib.PreemptionWatch, "should_stop", lambda self, step: step == 3)
   first = loop.train(c, str(tmp_path / "stopped"))
   assert first.get("preempted") and first["step"] == 3
   monkeypatch.undo()

@@ -1,4 +1,4 @@
-"""Tests of ACT's bin / EMA schedule, GAN time weight and ADA update (spec §5.5)."""
+"""Tests of ACT's bin / EMA schedule, GAN time weight and ADA update (docs/act.md#testable-properties)."""
 import math
 
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff.objectives import act_math as act
+from jaxdiff.objectives.act import math as act
 
 
 def test_schedule_end_points_cifar_and_imagenet():

@@ -5,24 +5,15 @@ test_stf_train, test_consistency_objectives, test_curriculum_train, test_data_tf
 here every file is checked at once, so a new recipe cannot ship without a working
 `:smoke` or with a key its validation refuses.
 """
-import glob
-import importlib.util
-import os
-
 import pytest
 
 from jaxdiff import config as config_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
-                 if not os.path.basename(p).startswith("_"))
+RECIPES = config_lib.recipe_names()
 
 
 def load(name, arg):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", name + ".py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.load_config(f"{name}:{arg}")
 
 
 def test_there_are_recipes_for_every_method():

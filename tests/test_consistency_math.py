@@ -1,4 +1,4 @@
-"""Tests of the CT / iCT / ECT schedules, grids, weights and metric (spec §2, §4)."""
+"""Tests of the CT / iCT / ECT schedules, grids, weights and metric (docs/consistency.md#the-methods-at-a-glance, docs/sct.md)."""
 import math
 
 import chex
@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from scipy import special
 
-from jaxdiff.objectives import consistency_math as cm
+from jaxdiff.objectives.consistency import math as cm
 
 
 # ----------------------------------------------------------------------------- ECT mapping
 
-# r/t for q = 2, k = 8, b = 1 (spec §2.3 (d) table, 3-4 significant digits).
+# r/t for q = 2, k = 8, b = 1 (the table in docs/ect.md#the-r-mapping, 3-4 significant digits).
 ECT_TABLE = {
     0: {0.01: 0.0, 0.5: 0.0, 2.0: 0.0232, 80.0: 0.5},
     1: {0.01: 0.0, 0.5: 0.0, 2.0: 0.512, 80.0: 0.75},

@@ -1,4 +1,4 @@
-"""CT / iCT / ECT / SCT objectives, samplers, init_from and recipes (spec §2, §4; issue 5).
+"""CT / iCT / ECT / SCT objectives, samplers, init_from and recipes (docs/consistency.md#the-methods-at-a-glance, docs/sct.md; issue 5).
 
 The pure schedules are tested in test_consistency_math.py; here: the loss core
 (shared dropout, stop-gradient teacher, r = 0 and r = t limits, the continuous
@@ -6,7 +6,6 @@ limit against jax.jvp), SCT's reference-set target (ECT bit for bit with one
 reference, an exact Euler step with the whole dataset), traced schedules (no
 recompilation), the boundary, samplers, guidance, init_from and the recipes.
 """
-import importlib.util
 import json
 import os
 
@@ -15,11 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxdiff import objectives
+from jaxdiff.train.experiment import Experiment
 from jaxdiff import config as config_lib
 from jaxdiff import diffusion, models
 from jaxdiff.objectives import base
 from jaxdiff.objectives import consistency as cons
-from jaxdiff.objectives import consistency_math as cm
+from jaxdiff.objectives.consistency import math as cm
+from jaxdiff.objectives.consistency import sct
 from jaxdiff.train import loop
 from jaxdiff.train import step as step_lib
 
@@ -27,10 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name: str, arg: str = "smoke"):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", name + ".py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.load_config(f"{name}:{arg}")
 
 
 def mesh_of(n: int):
@@ -60,7 +59,7 @@ def toy_setup(method, dropout=0.0, batch_size=8, hidden=32, dtype=jnp.float32, m
     model = model.clone(dtype=dtype)
   apply_fn = base.make_apply_fn(model)
   sampler = base.LognormalSampler(c.objective.p_mean, c.objective.p_std, mask)
-  objective = cons.ConsistencyObjective.from_config(c, apply_fn, sampler, (2,))
+  objective = objectives.build(c, apply_fn, (2,), noise_sampler=sampler)
   params = step_lib.init_params(model, jax.random.PRNGKey(3), (2,), 0)
   # A non-trivial network: EDM initialises the output layer near zero.
   leaves, tree = jax.tree.flatten(params)
@@ -189,7 +188,7 @@ def test_finite_difference_matches_jvp_directional_derivative():
   with jax.enable_x64(True):
     c = load_config("toy2d_edm")
     c.objective.name = "ect"
-    obj = cons.ConsistencyObjective.from_config(c, apply_fn, base.LognormalSampler(), (2,))
+    obj = objectives.build(c, apply_fn, (2,), noise_sampler=base.LognormalSampler())
     k = jax.random.split(jax.random.PRNGKey(0), 6)
     params = {"w1": jax.random.normal(k[0], (2, 16), jnp.float64),
               "wt": jax.random.normal(k[1], (16,), jnp.float64),
@@ -309,8 +308,8 @@ def test_sct_same_class_restriction():
   c.data.batch_size, c.data.num_classes = 1, 2
   c.stf.reference_size = 4
   model = models.build_model(c.model, image_shape=(2,), num_classes=2)
-  obj = cons.ConsistencyObjective.from_config(c, base.make_apply_fn(model),
-                                              base.LognormalSampler(-1.1, 2.0), (2,))
+  obj = objectives.build(c, base.make_apply_fn(model), (2,),
+                         noise_sampler=base.LognormalSampler(-1.1, 2.0))
   batch = {"image": jnp.asarray(c_data[:1]), "label": jnp.asarray(labels[:1]),
            "reference": jnp.asarray(c_data[1:]), "reference_label": jnp.asarray(labels[1:])}
   x_t, t = jnp.asarray([[0.0, 0.0]]), jnp.asarray([5.0])
@@ -326,7 +325,7 @@ def test_phased_sct_keeps_the_teacher_in_the_students_phase():
                           stage_steps=1)
   out = jax.jit(obj.terms)(params, params, toy_batch(64), jax.random.PRNGKey(0), jnp.int32(0))
   t, r = np.asarray(out["sigma"]), np.asarray(out["r"])
-  lower = np.asarray(cons.phase_lower_edge(out["sigma"], edges))
+  lower = np.asarray(sct.phase_lower_edge(out["sigma"], edges))
   np.testing.assert_array_equal(lower, np.where(t > 4.0, 4.0, np.where(t > 0.5, 0.5, 0.0)))
   assert np.all(r >= lower) and np.all(r < t)
   at_edge = (r == lower) & (lower > 0)
@@ -339,13 +338,13 @@ def test_phased_sampler_with_eta_zero_is_edge_to_edge():
   obj, params = toy_setup("sct", stf_reference_size=8, phase_edges=(0.5, 4.0))
   latents = jax.random.normal(jax.random.PRNGKey(0), (16, 2))
   f = obj.phase_fn(params)
-  got = cons.phased_sampler(f, latents, (0.5, 4.0), 80.0, eta=0.0)
+  got = sct.phased_sampler(f, latents, (0.5, 4.0), 80.0, eta=0.0)
   full = lambda v: jnp.full((16,), v, jnp.float32)
   x = obj.training_fn(params, latents * 80.0, full(80.0), edge=full(4.0), train=False)
   x = obj.training_fn(params, x, full(4.0), edge=full(0.5), train=False)
   x = obj.consistency_fn(params)(x, full(0.5))
   np.testing.assert_allclose(np.asarray(got), np.asarray(x), rtol=1e-6, atol=1e-6)
-  skipped = cons.phased_sampler(f, latents, (0.5, 4.0), 80.0, eta=0.3)
+  skipped = sct.phased_sampler(f, latents, (0.5, 4.0), 80.0, eta=0.3)
   assert float(jnp.max(jnp.abs(skipped - got))) > 1e-4
 
 
@@ -465,14 +464,14 @@ def test_init_from_copies_ema_weights_and_rejects_another_architecture(tmp_path)
   c = load_config("imagenet64_ect")
   src = tmp_path / "edm"
   c.consistency.pretrain_steps = 4
-  pre = cons.pretrain_config(c)  # a 4-step EDM run of the same model: the source
+  pre = objectives.get(c.objective.name).pretrain_config(c)  # a 4-step EDM run of the same model: the source
   c.consistency.pretrain_steps = 0
   loop.train(pre, str(src), mesh=mesh_of(1))
   # Exactly the source's EMA weights in params and ema_params.
-  exp = loop.Experiment(c, mesh=mesh_of(1))
+  exp = Experiment(c, mesh=mesh_of(1))
   from jaxdiff import checkpoint
   ck = checkpoint.Checkpointer(os.path.join(src, "checkpoints"))
-  source = loop.Experiment(pre, mesh=mesh_of(1))
+  source = Experiment(pre, mesh=mesh_of(1))
   src_state, _, _ = ck.restore_latest(source.abstract_state)
   ck.close()
   state = loop.load_init_from(exp, exp.init_state(), str(src))

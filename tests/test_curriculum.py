@@ -1,4 +1,4 @@
-"""Tests of the difficulty curriculum's pure parts (spec section 6.5)."""
+"""Tests of the difficulty curriculum's pure parts (docs/curriculum.md#testable-properties)."""
 import json
 import warnings
 
@@ -17,14 +17,15 @@ from jaxdiff.diffusion import lognormal_sigma
 
 P_MEAN, P_STD = -1.2, 1.2
 
-# Spec 6.1: EDM's lognormal(-1.2, 1.2) cut into 20 equal-mass clusters.
+# docs/curriculum.md#method: EDM's lognormal(-1.2, 1.2) cut into 20 equal-mass clusters.
 SPEC_EDGES_20 = [
     0.0418, 0.0647, 0.0868, 0.1097, 0.1341, 0.1605, 0.1897, 0.2222, 0.2590,
     0.3012, 0.3502, 0.4082, 0.4783, 0.5651, 0.6766, 0.8269, 1.0447, 1.4019,
     2.1680
 ]
 
-# Spec 6.4: per-dimension KL(q_{t-1} || q_t), linear betas, x0^2 = 0.25.
+# docs/curriculum.md#the-difficulty-study: per-dimension KL(q_{t-1} || q_t), linear betas,
+# x0^2 = 0.25.
 SPEC_KL_TABLE = {
     1: 0.121, 2: 0.0517, 5: 0.0145, 10: 5.1e-3, 50: 3.2e-4, 100: 8.2e-5,
     500: 4.5e-7, 999: 5.2e-10
@@ -205,7 +206,7 @@ def test_full_mask_matches_lognormal_and_partial_does_not():
 
 
 def test_full_mask_is_bit_identical_to_base_sampler():
-  # Spec 6.5.5: curriculum off == the baseline with the same keys.
+  # docs/curriculum.md#testable-properties: curriculum off == the baseline with the same keys.
   # Both run inside jit, as in a train step (eager and jit may differ in
   # the last bit, since XLA fuses the arithmetic).
   key = jax.random.key(11)

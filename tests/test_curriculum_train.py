@@ -5,7 +5,6 @@ smoke run of configs/digits_curriculum.py and one smoke run of its
 `--mode=analyze` study.
 """
 import functools
-import importlib.util
 import json
 import os
 
@@ -13,10 +12,13 @@ import jax
 import numpy as np
 import pytest
 
+from jaxdiff.objectives import base
+from jaxdiff.curriculum import runtime
+from jaxdiff.train.experiment import Experiment
 from jaxdiff import checkpoint
 from jaxdiff import config as config_lib
 from jaxdiff import parallel
-from jaxdiff.curriculum import pacing
+from jaxdiff.curriculum import settings as curriculum_settings
 from jaxdiff.train import loop
 from jaxdiff.train import step as step_lib
 
@@ -25,10 +27,7 @@ TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
 
 
 def load_config(name: str, arg: str = "smoke"):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", name + ".py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.load_config(f"{name}:{arg}")
 
 
 def toy_config(num_steps=6, **curriculum):
@@ -67,7 +66,7 @@ def stage_per_step(workdir):
 
 
 def restore(workdir, config):
-  exp = loop.Experiment(config, mesh=mesh_of(2))
+  exp = Experiment(config, mesh=mesh_of(2))
   ck = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
   state, host, step = ck.restore_latest(exp.abstract_state)
   ck.close()
@@ -133,7 +132,7 @@ def test_one_compilation_per_stage_and_stage_logged_every_step(tmp_path, monkeyp
                  steps_per_stage=3, precompile=precompile)
   with TraceCounter() as traces:
     summary = loop.train(c, str(tmp_path), mesh=mesh_of(2))
-  masks = [pacing.mask_for_stage(c.curriculum, s) for s in (1, 2, 3, 4)]
+  masks = [curriculum_settings.mask_for_stage(c.curriculum, s) for s in (1, 2, 3, 4)]
   keys = [k for k, _ in summary["compilations"]]
   assert sorted(keys) == sorted(str(m) for m in masks)  # each stage exactly once
   assert traces.count == 4 and [c[0] for c in traces_per_build] == [1, 1, 1, 1]
@@ -146,14 +145,14 @@ def test_precompile_compiles_ahead_and_once(monkeypatch):
   """`next` queues only stage n+1, `all` every later stage; waiting never recompiles."""
   c = toy_config(enabled=True, num_clusters=3, pacing="fixed", steps_per_stage=1,
                  precompile="next")
-  cur = loop.Curriculum(c.curriculum)
-  assert cur.keys_to_precompile() == [pacing.mask_for_stage(c.curriculum, 2)]
+  cur = runtime.Curriculum(c.curriculum)
+  assert cur.keys_to_precompile() == [curriculum_settings.mask_for_stage(c.curriculum, 2)]
   c.curriculum.precompile = "all"
-  assert loop.Curriculum(c.curriculum).keys_to_precompile() == [
-      pacing.mask_for_stage(c.curriculum, s) for s in (2, 3)]
+  assert runtime.Curriculum(c.curriculum).keys_to_precompile() == [
+      curriculum_settings.mask_for_stage(c.curriculum, s) for s in (2, 3)]
   c.curriculum.precompile = "none"
-  assert loop.Curriculum(c.curriculum).keys_to_precompile() == []
-  assert loop.Curriculum(toy_config().curriculum).keys_to_precompile() == []
+  assert runtime.Curriculum(c.curriculum).keys_to_precompile() == []
+  assert runtime.Curriculum(toy_config().curriculum).keys_to_precompile() == []
 
   import threading
   calls, release = [], threading.Event()
@@ -163,7 +162,7 @@ def test_precompile_compiles_ahead_and_once(monkeypatch):
     release.wait(5)
     return f"compiled {key}"
 
-  pre = loop.StagePrecompiler(slow_compile)
+  pre = runtime.StagePrecompiler(slow_compile)
   pre.prefetch(["a", "b"])
   pre.prefetch(["a"])  # queued already: not again
   release.set()
@@ -208,24 +207,24 @@ def test_uniform_kind_is_refused_for_continuous_sigma():
   c = toy_config(enabled=True, kind="uniform")
   with pytest.raises(config_lib.ConfigError,
                      match=r"curriculum\.kind='uniform'.*continuous lognormal.*--config\.curriculum\.kind=lognormal"):
-    loop.Experiment(c, mesh=mesh_of(1))
+    Experiment(c, mesh=mesh_of(1))
   # Disabled, the kind is irrelevant and accepted.
-  loop.Curriculum.check_config(toy_config(kind="uniform"))
+  runtime.Curriculum.check_config(toy_config(kind="uniform"), base.LognormalSampler())
 
 
 def test_precompile_and_study_keys_are_validated():
-  cfg = pacing.default_curriculum_config()
+  cfg = curriculum_settings.default_curriculum_config()
   cfg.precompile = "later"
   with pytest.raises(ValueError, match=r"curriculum\.precompile = 'later'.*'next'"):
-    pacing.validate_curriculum_config(cfg)
-  cfg = pacing.default_curriculum_config()
+    curriculum_settings.validate_curriculum_config(cfg)
+  cfg = curriculum_settings.default_curriculum_config()
   cfg.study.kl_timesteps = (0, 5)
   with pytest.raises(ValueError, match=r"curriculum\.study\.kl_timesteps"):
-    pacing.validate_curriculum_config(cfg)
-  cfg = pacing.default_curriculum_config()
+    curriculum_settings.validate_curriculum_config(cfg)
+  cfg = curriculum_settings.default_curriculum_config()
   cfg.study.num_step = 3
   with pytest.raises(ValueError, match="num_step"):
-    pacing.validate_curriculum_config(cfg)
+    curriculum_settings.validate_curriculum_config(cfg)
 
 
 # ----------------------------------------------------------------- resume
@@ -269,9 +268,9 @@ def test_digits_curriculum_smoke_end_to_end(tmp_path):
 
 
 def test_analyze_smoke_writes_tables_and_plots(tmp_path):
-  from jaxdiff.curriculum import study
+  from jaxdiff.commands import analyze
   c = load_config("digits_curriculum")
-  summary = study.run(c, str(tmp_path), mesh=mesh_of(2))
+  summary = analyze.run(c, str(tmp_path), mesh=mesh_of(2))
   out = tmp_path / "analysis"
   for name in ("kl.csv", "kl.md", "kl.png", "convergence.csv", "convergence.md",
                "convergence.png", "summary.json", "report.md"):
@@ -279,7 +278,7 @@ def test_analyze_smoke_writes_tables_and_plots(tmp_path):
   kl = summary["kl"]
   assert kl["closed_form_strictly_decreasing"] and kl["dimension"] == 64
   rows = {r["t"]: r for r in kl["rows"]}
-  # The spec's hand-computed value at t = 1 for x0^2 = 0.25.
+  # The hand-computed value (docs/curriculum.md#the-difficulty-study) at t = 1 for x0^2 = 0.25.
   np.testing.assert_allclose(rows[1]["kl_closed_x0sq_0.25"], 0.121, rtol=5e-3)
   assert rows[1]["kl_marginal_mc"] > rows[999]["kl_marginal_mc"]
   conv = summary["convergence"]["rows"]

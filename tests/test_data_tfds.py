@@ -1,5 +1,4 @@
 """Prepared tfds datasets: build through the real builder, read back sharded, fail clearly."""
-import importlib.util
 import io
 import json
 import os
@@ -12,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jaxdiff import config as config_lib
 from jaxdiff import parallel, prepare_data
-from jaxdiff.data import builders, pipeline, tfds_source
+from jaxdiff.data import builders, images, pipeline, sources, tfds_source
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_IMAGES, RES, N_CLASSES = 24, 8, 3
@@ -165,7 +165,7 @@ def test_cifar10_binary_parser(tmp_path):
   tar_path = tmp_path / "cifar-10-binary.tar.gz"
   expected = []
   with tarfile.open(tar_path, "w:gz") as tar:
-    for name in reversed(builders.CIFAR10_TRAIN_FILES):  # archive order must not matter
+    for name in reversed(sources.CIFAR10_TRAIN_FILES):  # archive order must not matter
       labels = rng.integers(0, 10, n, dtype=np.uint8)
       chw = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
       data = np.concatenate([labels[:, None], chw.reshape(n, -1)], axis=1).tobytes()
@@ -173,14 +173,14 @@ def test_cifar10_binary_parser(tmp_path):
       info.size = len(data)
       tar.addfile(info, io.BytesIO(data))
       expected.insert(0, (chw.transpose(0, 2, 3, 1), labels))
-  got = list(builders.cifar10_binary_examples(str(tar_path), records_per_file=n))
+  got = list(sources.cifar10_binary_examples(str(tar_path), records_per_file=n))
   assert len(got) == 5 * n
   images = np.stack([ex["image"] for _, ex in got])
   np.testing.assert_array_equal(images, np.concatenate([e[0] for e in expected]))
   np.testing.assert_array_equal([ex["label"] for _, ex in got],
                                 np.concatenate([e[1] for e in expected]))
   with pytest.raises(builders.DatasetFormatError, match="10000 records"):
-    next(builders.cifar10_binary_examples(str(tar_path)))
+    next(sources.cifar10_binary_examples(str(tar_path)))
 
 
 def test_downsampled_imagenet_npz_parser(tmp_path):
@@ -192,20 +192,20 @@ def test_downsampled_imagenet_npz_parser(tmp_path):
   archive = tmp_path / "Imagenet64_train_part1_npz.zip"
   with zipfile.ZipFile(archive, "w") as zf:
     zf.writestr("train_data_batch_1.npz", buf.getvalue())
-  got = list(builders.imagenet_npz_examples([str(archive)], size=8))
+  got = list(sources.imagenet_npz_examples([str(archive)], size=8))
   np.testing.assert_array_equal(got[1][1]["image"], data[1].reshape(3, 8, 8).transpose(1, 2, 0))
   assert [ex["label"] for _, ex in got] == [0, 999, 6, 2, 1]
 
 
 def test_transforms_shapes():
   img = np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8)
-  assert builders.center_crop_adm(img, 8).shape == (8, 8, 3)
-  assert builders.center_crop_edm(img, 8).shape == (8, 8, 3)
+  assert images.center_crop_adm(img, 8).shape == (8, 8, 3)
+  assert images.center_crop_edm(img, 8).shape == (8, 8, 3)
   with pytest.raises(builders.DatasetFormatError, match="not square"):
-    builders.resize_lanczos(img, 8)
+    images.resize_lanczos(img, 8)
   face = np.zeros((218, 178, 3), np.uint8)
   face[39:179, 19:159] = 255  # the centred 140x140 crop CelebA-64 keeps
-  np.testing.assert_array_equal(builders.center_crop_celeba(face, 16), 255)
+  np.testing.assert_array_equal(images.center_crop_celeba(face, 16), 255)
 
 
 def test_prefetcher_gives_the_same_batches_and_restarts():
@@ -229,10 +229,7 @@ def test_prefetcher_gives_the_same_batches_and_restarts():
 
 
 def _load_config(name, arg="smoke"):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", name + ".py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.load_config(f"{name}:{arg}")
 
 
 def test_cifar10_smoke_recipe_trains_through_the_tfds_path(tmp_path):

@@ -1,6 +1,6 @@
 """Tests for EDM/CM preconditioning, the Karras grid and lognormal noise.
 
-Spec section 1.7 items 1-4, plus the truncated lognormal of the curriculum
+docs/edm.md#testable-properties items 1-4, plus the truncated lognormal of the curriculum
 (section 6.1): its samples stay in the quantile range and, over the full
 range, follow the untruncated lognormal.
 """

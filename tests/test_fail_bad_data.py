@@ -6,7 +6,7 @@ end with exit code 2 and one line naming the path or the shapes and the fix.
 """
 import pytest
 
-from jaxdiff.train import loop
+from jaxdiff.commands import sample
 import reliability_utils as ru
 
 
@@ -38,7 +38,7 @@ def test_missing_init_from_weights(tmp_path):
 def test_sampling_a_workdir_without_checkpoints(tmp_path):
   with pytest.raises(FileNotFoundError, match=rf"No checkpoint in {tmp_path}/checkpoints; "
                                               r"train first"):
-    loop.sample_from_workdir(ru.toy_config(), str(tmp_path), num_samples=4)
+    sample.sample_from_workdir(ru.toy_config(), str(tmp_path), num_samples=4)
 
 
 def test_missing_inception_weights_file(tmp_path):

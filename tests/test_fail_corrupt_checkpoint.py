@@ -11,6 +11,7 @@ import shutil
 
 import pytest
 
+from jaxdiff.train.experiment import Experiment
 from jaxdiff import checkpoint
 from jaxdiff.train import loop
 import reliability_utils as ru
@@ -24,7 +25,7 @@ def trained(tmp_path_factory):
   work = tmp_path_factory.mktemp("trained") / "run"
   c = ru.toy_config(OVERRIDES)
   loop.train(c, str(work), mesh=ru.mesh_of(2))
-  exp = loop.Experiment(c, mesh=ru.mesh_of(2))
+  exp = Experiment(c, mesh=ru.mesh_of(2))
   step, _, state = ru.restore(work, c, mesh=ru.mesh_of(2))
   assert step == 8
   return work, exp, state

@@ -17,6 +17,7 @@ import random
 
 import pytest
 
+from jaxdiff import checkpoint
 from jaxdiff import objectives
 from jaxdiff.train import loop
 import reliability_utils as ru
@@ -27,7 +28,7 @@ NUM_STEPS = ru.RESUME_STEPS
 EXTRA = {"stf": {"stf.reference_size": 128}}
 # ACT needs image data, not toy2d points: its exact resume (discriminator, its optimizer,
 # ADA state) is tested on its digits smoke recipe in test_act.py.
-OTHER_OBJECTIVES = [n for n in ("stf", "ect", "sct") if n in objectives.REGISTRY]
+OTHER_OBJECTIVES = [n for n in ("stf", "ect", "sct") if n in objectives.names()]
 
 
 def check_equals_uninterrupted(work, overrides, num_devices=None, final_stage=2):
@@ -78,7 +79,7 @@ def test_objective_resumes_bit_exact_after_a_random_stop(objective, tmp_path, mo
   overrides = {**ru.RESUME, "curriculum.enabled": False, "objective.name": objective,
                **EXTRA.get(objective, {})}
   stop = random.Random(f"stop-{objective}").randint(1, NUM_STEPS - 1)
-  monkeypatch.setattr(loop.PreemptionWatch, "should_stop", lambda self, step: step == stop)
+  monkeypatch.setattr(checkpoint.PreemptionWatch, "should_stop", lambda self, step: step == stop)
   c = ru.toy_config(overrides)
   first = loop.train(c, str(tmp_path / "stopped"), mesh=ru.mesh_of(1))
   assert first.get("preempted") and first["step"] == stop

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxdiff import errors
 from jaxdiff import checkpoint
 from jaxdiff.data import pipeline
 from jaxdiff.train import loop
@@ -68,7 +69,7 @@ def test_too_many_in_a_row_stop_with_the_last_good_checkpoint_intact(tmp_path, m
   poison(monkeypatch, set(range(5, 100)))
   c = ru.toy_config({"train.num_steps": 12, "train.ckpt_every": 4, "train.log_every": 1,
                      "optim.max_consecutive_nonfinite": 2})
-  with pytest.raises(loop.NonFiniteLossError,
+  with pytest.raises(errors.NonFiniteLossError,
                      match=r"3 consecutive steps had non-finite gradients \(up to step 8\).*"
                            r"last good checkpoint .* is intact; lower config\.optim\.lr"):
     loop.train(c, str(tmp_path), mesh=ru.mesh_of(2))
@@ -83,7 +84,7 @@ def test_too_many_in_a_row_stop_with_the_last_good_checkpoint_intact(tmp_path, m
 def test_diverging_learning_rate_stops_the_run(tmp_path):
   c = ru.toy_config({"train.num_steps": 20, "train.ckpt_every": 2, "optim.lr": 1e30,
                      "optim.max_consecutive_nonfinite": 3})
-  with pytest.raises(loop.NonFiniteLossError, match="consecutive steps had non-finite"):
+  with pytest.raises(errors.NonFiniteLossError, match="consecutive steps had non-finite"):
     loop.train(c, str(tmp_path), mesh=ru.mesh_of(1))
   step, _, state = ru.restore(tmp_path, c, mesh=ru.mesh_of(1))
   assert step >= 2

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxdiff.train.experiment import Experiment
 from jaxdiff.train import loop
 import reliability_utils as ru
 
@@ -23,7 +24,7 @@ def written(tmp_path_factory):
   work = tmp_path_factory.mktemp("fsdp") / "run"
   c = ru.toy_config(WRITE)
   loop.train(c, str(work), mesh=ru.mesh_of(8, fsdp=4))
-  exp = loop.Experiment(c, mesh=ru.mesh_of(8, fsdp=4))
+  exp = Experiment(c, mesh=ru.mesh_of(8, fsdp=4))
   assert any("fsdp" in tuple(s.spec) for s in jax.tree.leaves(exp.state_sharding.params))
   step, _, state = ru.restore(work, c, mesh=ru.mesh_of(8, fsdp=4))
   assert step == 4
@@ -35,7 +36,7 @@ def test_restore_onto_another_mesh(written, devices, fsdp):
   work, original = written
   c = ru.toy_config({**WRITE, "mesh.data": devices // fsdp, "mesh.fsdp": fsdp})
   mesh = ru.mesh_of(devices, fsdp=fsdp)
-  exp = loop.Experiment(c, mesh=mesh)
+  exp = Experiment(c, mesh=mesh)
   from jaxdiff import checkpoint
   ck = checkpoint.Checkpointer(str(work / "checkpoints"))
   state, _, step = ck.restore_latest(exp.abstract_state)

@@ -1,6 +1,5 @@
 """FID: Fréchet distance, Inception (random weights), weight files, sharded statistics, eval mode."""
 import collections
-import importlib.util
 import io
 import json
 import os
@@ -16,9 +15,12 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from jaxdiff import parallel
+from jaxdiff import config as config_lib
+from jaxdiff import parallel, weights
+from jaxdiff.errors import WeightsFileError
 from jaxdiff.data import pipeline
 from jaxdiff.evaluation import fid, frechet_distance, inception
+from jaxdiff.train import samples
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RES = 75  # the smallest input InceptionV3 takes: fast on CPU (FID proper uses 299)
@@ -168,18 +170,18 @@ def test_wrong_or_truncated_weight_files_fail_naming_the_format(params, tmp_path
   inception.save_npz(str(tmp_path / "ok.npz"), sd)
   raw = open(tmp_path / "ok.npz", "rb").read()
   (tmp_path / "cut.npz").write_bytes(raw[: len(raw) // 3])
-  with pytest.raises(inception.InceptionWeightsError, match="pt_inception-2015-12-05"):
+  with pytest.raises(WeightsFileError, match="pt_inception-2015-12-05"):
     inception.load_params(str(tmp_path / "cut.npz"))
   missing = {k: v for k, v in sd.items() if not k.startswith("Mixed_7c")}
   inception.save_npz(str(tmp_path / "missing.npz"), missing)
-  with pytest.raises(inception.InceptionWeightsError, match=r"missing keys \(e.g. Mixed_7c"):
+  with pytest.raises(WeightsFileError, match=r"missing keys \(e.g. Mixed_7c"):
     inception.load_params(str(tmp_path / "missing.npz"))
   wrong = dict(sd, **{"Mixed_5b.branch1x1.conv.weight": np.zeros((64, 192, 3, 3), np.float32)})
   inception.save_npz(str(tmp_path / "wrong.npz"), wrong)
-  with pytest.raises(inception.InceptionWeightsError, match="wrong shapes"):
+  with pytest.raises(WeightsFileError, match="wrong shapes"):
     inception.load_params(str(tmp_path / "wrong.npz"))
   (tmp_path / "junk.pth").write_bytes(b"not a checkpoint at all")
-  with pytest.raises(inception.InceptionWeightsError, match="expected|Expected"):
+  with pytest.raises(WeightsFileError, match="expected|Expected"):
     inception.load_params(str(tmp_path / "junk.pth"))
 
 
@@ -273,7 +275,7 @@ def test_torch_state_dict_reader_without_torch(tmp_path, layout):
   sd, storages, expected = _torch_like_state_dict()
   path = str(tmp_path / f"tiny_{layout}.pth")
   (_write_zip if layout == "zip" else _write_legacy)(path, sd, storages)
-  got = inception.read_torch_state_dict(path)
+  got = weights.read_torch_state_dict(path)
   assert list(got) == list(expected)
   for k, v in expected.items():
     np.testing.assert_array_equal(got[k], v)
@@ -281,9 +283,9 @@ def test_torch_state_dict_reader_without_torch(tmp_path, layout):
   raw = open(path, "rb").read()
   (tmp_path / "cut.pth").write_bytes(raw[: int(len(raw) * 0.8)])
   with pytest.raises(Exception) as e:
-    inception.read_torch_state_dict(str(tmp_path / "cut.pth"))
+    weights.read_torch_state_dict(str(tmp_path / "cut.pth"))
   if "torch" not in sys.modules:  # load_state_dict wraps any failure with the format name
-    with pytest.raises(inception.InceptionWeightsError, match="pt_inception-2015-12-05"):
+    with pytest.raises(WeightsFileError, match="pt_inception-2015-12-05"):
       inception.load_state_dict(str(tmp_path / "cut.pth"))
   del e
 
@@ -299,7 +301,7 @@ def test_full_checkpoint_through_the_torch_reader(params, tmp_path):
     fake[k] = _Tensor(st, 0, tuple(v.shape), stride)
   _write_zip(str(tmp_path / "pt_inception.pth"), fake, storages)
   back = inception.params_from_state_dict(
-      inception.read_torch_state_dict(str(tmp_path / "pt_inception.pth")))
+      weights.read_torch_state_dict(str(tmp_path / "pt_inception.pth")))
   a = jax.tree.leaves(params)
   b = jax.tree.leaves(back)
   assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
@@ -314,8 +316,8 @@ def test_reader_refuses_code_in_the_file(tmp_path):
 
   with zipfile.ZipFile(tmp_path / "evil.pth", "w") as zf:
     zf.writestr("archive/data.pkl", pickle.dumps({"w": Evil()}, protocol=2))
-  with pytest.raises(inception.InceptionWeightsError, match="refusing to load the global"):
-    inception.read_torch_state_dict(str(tmp_path / "evil.pth"))
+  with pytest.raises(WeightsFileError, match="refusing to load the global"):
+    weights.read_torch_state_dict(str(tmp_path / "evil.pth"))
   assert not marker.exists()
 
 
@@ -354,14 +356,26 @@ def test_uint8_quantisation_is_edms():
 
 
 class _ToyObjective:
-  """A 'denoiser' cheap enough to compile in a moment: the sampler logic is what is tested."""
+  """A 'denoiser' cheap enough to compile in a moment: the sampler logic is what is tested.
+  Samples as EDM's deterministic Heun sampler or a (noise-drawing) multistep consistency
+  sampler would, through the objective contract's `sample`."""
   def __init__(self, kind):
-    self.sampler_kind = kind
+    self.kind = kind
+    self.sampler_draws_noise = kind == "consistency"
 
   def denoiser(self, params, class_labels=None):
     shift = 0.0 if class_labels is None else class_labels @ jnp.arange(class_labels.shape[-1])
     return lambda x, sigma: params * x / (1.0 + sigma.reshape(-1, 1, 1, 1)) + (
         0.0 if class_labels is None else shift.reshape(-1, 1, 1, 1) * 0.01)
+
+  def sample(self, params, latents, labels, key, s):
+    from jaxdiff import sampling
+    fn = self.denoiser(params, labels)
+    if self.kind == "consistency":
+      return sampling.consistency_sampler(fn, latents, jnp.asarray(s.consistency_sigmas,
+                                                                   latents.dtype), key=key)
+    return sampling.edm_sampler(fn, latents, num_steps=s.num_steps, sigma_min=s.sigma_min,
+                                sigma_max=s.sigma_max, rho=s.rho)
 
 
 @pytest.mark.parametrize("kind,num_classes", [("edm", 0), ("consistency", 4)])
@@ -370,28 +384,27 @@ def test_each_sample_depends_only_on_its_seed(kind, num_classes):
                                      consistency_sigmas=(80.0, 0.8)))
   obj = _ToyObjective(kind)
   params = jnp.float32(0.9)
-  a = fid.Generator(obj, s, mesh_of(8), (4, 4, 3), num_classes, batch_size=16)(params, 100)
-  b1 = fid.Generator(obj, s, mesh_of(2), (4, 4, 3), num_classes, batch_size=8)
+  sampler = samples.per_seed_sampler(obj, s)
+  a = fid.Generator(sampler, mesh_of(8), (4, 4, 3), num_classes, batch_size=16)(params, 100)
+  b1 = fid.Generator(sampler, mesh_of(2), (4, 4, 3), num_classes, batch_size=8)
   b = np.concatenate([np.asarray(b1(params, 100)), np.asarray(b1(params, 108))])
   np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-6)
   assert not np.allclose(b[0], b[1])
   with pytest.raises(ValueError, match="fid_batch_size=6 is not divisible by the 8 devices"):
-    fid.Generator(obj, s, mesh_of(8), (4, 4, 3), 0, batch_size=6)
+    fid.Generator(sampler, mesh_of(8), (4, 4, 3), 0, batch_size=6)
 
 
 # ----------------------------------------------------------------- eval mode, end to end
 
 def _smoke_config(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", name + ".py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("smoke")
+  return config_lib.load_config(f"{name}:smoke")
 
 
 def test_fid_in_the_loop_and_eval_mode_on_a_smoke_recipe(tmp_path):
   """imagenet64_edm:smoke (class-conditional, generated data through the tfds path) with FID
   from random Inception weights on tiny data: in-loop FID, best tracking, --mode=eval."""
-  from jaxdiff.evaluation import run_eval
+  from jaxdiff.commands import evaluate
+  from jaxdiff.evaluation import fid_evaluator
   from jaxdiff.train import loop
   c = _smoke_config("imagenet64_edm")
   c.data.data_dir = str(tmp_path / "data")
@@ -406,7 +419,7 @@ def test_fid_in_the_loop_and_eval_mode_on_a_smoke_recipe(tmp_path):
   # below uses the same mesh, so its sampler and Inception programs come from the cache.
   mesh = mesh_of(1)
   summary = loop.train(c, workdir, mesh=mesh)
-  history = run_eval.read_history(workdir)
+  history = fid_evaluator.read_history(workdir)
   assert [r["step"] for r in history] == [2, 4]
   assert all(np.isfinite(r["fid"]) and r["fid"] > 0 for r in history)
   assert history[0]["seeds"] == [0, 11] and history[0]["num_samples"] == 12
@@ -422,16 +435,16 @@ def test_fid_in_the_loop_and_eval_mode_on_a_smoke_recipe(tmp_path):
   # --mode=eval on the same run: raw weights of an earlier checkpoint, the cached reference.
   c_eval = c.copy_and_resolve_references()
   c_eval.eval.checkpoint_step = 2
-  out = run_eval.evaluate_workdir(c_eval, workdir, use_ema=False, mesh=mesh)
+  out = evaluate.evaluate_workdir(c_eval, workdir, use_ema=False, mesh=mesh)
   assert out["step"] == 2 and out["weights"] == "raw" and np.isfinite(out["fid"])
   assert "cached" in out["reference"]
   assert json.load(open(out["path"]))["fid"] == out["fid"]
-  assert run_eval.read_history(workdir)[-1]["mode"] == "eval"
+  assert fid_evaluator.read_history(workdir)[-1]["mode"] == "eval"
   c_eval.eval.checkpoint_step = 3
   with pytest.raises(FileNotFoundError, match="checkpoint_step=3: no such checkpoint"):
-    run_eval.evaluate_workdir(c_eval, workdir, mesh=mesh)
+    evaluate.evaluate_workdir(c_eval, workdir, mesh=mesh)
   # Without Inception weights: the recipe's built-in figure (none for a tfds recipe).
   c_q = c.copy_and_resolve_references()
   c_q.eval.inception_weights = ""
-  q = run_eval.evaluate_workdir(c_q, workdir, mesh=mesh)
+  q = evaluate.evaluate_workdir(c_q, workdir, mesh=mesh)
   assert q["metric"] == "none" and q["step"] == 4 and q["weights"] == "ema"

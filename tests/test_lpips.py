@@ -6,7 +6,6 @@ gradients; a PyTorch re-implementation of lpips' forward pass (when torch is
 installed); the .pth -> .npz converter and the loader's errors; the
 `consistency.metric='lpips'` wiring of CT and ACT.
 """
-import importlib.util
 import os
 
 import chex
@@ -19,6 +18,8 @@ from jaxdiff import config as config_lib
 from jaxdiff.objectives import base
 from jaxdiff.objectives import consistency as cons
 from jaxdiff.objectives import lpips as L
+from jaxdiff.errors import WeightsFileError
+from jaxdiff import objectives
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -219,9 +220,9 @@ def test_convert_pth_files_load_round_trip(tmp_path, params):
   cut = str(tmp_path / "cut.pth")
   with open(cut, "wb") as f:
     f.write(raw[: len(raw) // 2])
-  with pytest.raises(L.LPIPSWeightsError, match="truncated"):
+  with pytest.raises(WeightsFileError, match="truncated"):
     L.convert(cut, lin_path, str(tmp_path / "x.npz"))
-  with pytest.raises(L.LPIPSWeightsError, match="missing keys"):
+  with pytest.raises(WeightsFileError, match="missing keys"):
     L.convert(lin_path, vgg_path, str(tmp_path / "x.npz"))
   assert not os.path.exists(str(tmp_path / "x.npz"))
 
@@ -239,32 +240,32 @@ def test_wrong_files_fail_with_the_expected_format(tmp_path, params, weights_fil
     L.save_npz(path, state)
     return path
 
-  with pytest.raises(L.LPIPSWeightsError, match="not found.*" + command):
+  with pytest.raises(WeightsFileError, match="not found.*" + command):
     L.load_params(str(tmp_path / "absent.npz"))
   missing = dict(sd)
   del missing["features.28.weight"]
-  with pytest.raises(L.LPIPSWeightsError, match=r"1 missing keys \(e\.g\. features\.28\.weight"):
+  with pytest.raises(WeightsFileError, match=r"1 missing keys \(e\.g\. features\.28\.weight"):
     L.load_params(write("missing.npz", missing))
   wrong = dict(sd, **{"lin2.model.1.weight": np.ones((1, 128, 1, 1), np.float32)})
-  with pytest.raises(L.LPIPSWeightsError, match=r"wrong shapes.*lin2.*expected float \(1, 256"):
+  with pytest.raises(WeightsFileError, match=r"wrong shapes.*lin2.*expected float \(1, 256"):
     L.load_params(write("wrong.npz", wrong))
   negative = dict(sd, **{"lin0.model.1.weight": -sd["lin0.model.1.weight"]})
-  with pytest.raises(L.LPIPSWeightsError, match="negative"):
+  with pytest.raises(WeightsFileError, match="negative"):
     L.load_params(write("negative.npz", negative))
   raw = open(weights_file, "rb").read()
   cut = str(tmp_path / "cut.npz")
   with open(cut, "wb") as f:
     f.write(raw[: len(raw) // 3])
-  with pytest.raises(L.LPIPSWeightsError, match="truncated.*" + command):
+  with pytest.raises(WeightsFileError, match="truncated.*" + command):
     L.load_params(cut)
   pth = str(tmp_path / "vgg.pth")
   with open(pth, "wb") as f:
     f.write(b"not a state dict")
-  with pytest.raises(L.LPIPSWeightsError, match=r"not a \.npz.*" + command):
+  with pytest.raises(WeightsFileError, match=r"not a \.npz.*" + command):
     L.load_params(pth)
   other = str(tmp_path / "other.npz")
   np.savez(other, __format__=np.asarray("jaxdiff-inception-2015-12-05-v1"), x=np.zeros(1))
-  with pytest.raises(L.LPIPSWeightsError, match="inception"):
+  with pytest.raises(WeightsFileError, match="inception"):
     L.load_params(other)
 
 
@@ -272,10 +273,7 @@ def test_wrong_files_fail_with_the_expected_format(tmp_path, params, weights_fil
 
 
 def load_config(name, arg="smoke"):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", name + ".py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.load_config(f"{name}:{arg}")
 
 
 def lpips_config(name, weights, method=None):
@@ -322,7 +320,7 @@ def _tiny_net(params, x, c_noise, class_labels=None, augment_labels=None, train=
 def _digits_setup(c, objective_cls):
   """(objective, network params, batch) of a digits recipe's settings, with `_tiny_net`."""
   shape = (8, 8, 1)
-  obj = objective_cls.from_config(c, _tiny_net, base.LognormalSampler(), shape)
+  obj = objective_cls.from_config(c, _tiny_net, shape, base.LognormalSampler())
   k = jax.random.split(jax.random.PRNGKey(0), 3)
   net = {"w": 0.5 * jax.random.normal(k[0], (3, 3, 1, 1)), "t": jax.random.normal(k[1], (1,)),
          "b": 0.1 * jax.random.normal(k[2], (1,))}
@@ -331,7 +329,7 @@ def _digits_setup(c, objective_cls):
 
 def test_ct_loss_with_lpips_runs_on_digits(params, weights_file):
   obj, net, batch = _digits_setup(lpips_config("digits_ect", weights_file, "ct"),
-                                  cons.ConsistencyObjective)
+                                  objectives.get("ct"))
   chex.assert_trees_all_equal(obj.lpips_params, params)
   aux = obj.init_aux(net)
   key, step = jax.random.PRNGKey(5), jnp.asarray(3)
@@ -352,10 +350,10 @@ def test_ct_loss_with_lpips_runs_on_digits(params, weights_file):
 
 
 def test_act_loads_lpips_and_measures_against_the_clipped_target(params, weights_file):
-  from jaxdiff.objectives import act
   c = lpips_config("digits_act", weights_file)
   c.act.lam0 = 0.0  # plain CT: the generator loss is the consistency term alone
-  obj, net, batch = _digits_setup(c, act.ACTObjective)
+  act, net, batch = _digits_setup(c, objectives.get("act"))
+  obj = act.consistency  # the consistency core ACT composes
   chex.assert_trees_all_equal(obj.lpips_params, params)
   # lam0 = 0 never reads the discriminator: the aux state without one.
   aux = {"teacher": net, "p": jnp.zeros(()), "r1_ema": jnp.zeros(())}
@@ -366,7 +364,7 @@ def test_act_loads_lpips_and_measures_against_the_clipped_target(params, weights
 
   @jax.jit
   def run(p):
-    _, metrics = obj.loss(p, aux, batch, key, step)
+    _, metrics = act.loss(p, aux, batch, key, step)
     out = obj.terms(p, aux["teacher"], batch, key, step)
     return metrics["per_sample_loss"], out["target"]
 

@@ -15,6 +15,7 @@ import pytest
 
 from jaxdiff import config as config_lib
 from jaxdiff import parallel
+from jaxdiff.train import compile as compile_lib
 from jaxdiff.train import loop
 import reliability_utils as ru
 
@@ -157,7 +158,7 @@ def test_compile_only_prints_preflight_then_every_stage(tmp_path):
 def test_compile_report_reads_memory_and_flops():
   f = jax.jit(lambda a, b: a @ b).lower(np.ones((64, 32), np.float32),
                                          np.ones((32, 16), np.float32)).compile()
-  report = loop.compile_report(f)
+  report = compile_lib.compile_report(f)
   assert report["flops"] == pytest.approx(2 * 64 * 32 * 16, rel=0.1)
   assert report["argument_size_in_bytes"] == 4 * (64 * 32 + 32 * 16)
   assert report["output_size_in_bytes"] == 4 * 64 * 16

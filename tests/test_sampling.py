@@ -1,6 +1,6 @@
 """Tests for the EDM Heun sampler and the consistency sampler.
 
-Spec section 1.7 items 4-5: 2N - 1 = 35 denoiser evaluations for N = 18, and
+docs/edm.md#testable-properties items 4-5: 2N - 1 = 35 denoiser evaluations for N = 18, and
 with the ideal denoiser of a 2-D Gaussian mixture the sampler maps
 N(0, 80^2) onto the mixture (with a wrong denoiser as a negative control).
 """

@@ -1,4 +1,4 @@
-"""Tests of the STF target (spec §3.4): exactness, limits, variance, bias, sharding, numerics."""
+"""Tests of the STF target (docs/stf.md#testable-properties): exactness, limits, variance, bias, sharding, numerics."""
 import math
 
 import chex

@@ -1,6 +1,5 @@
-"""STF as a training objective (spec §3): reference draws, both modes on a mesh, the real
+"""STF as a training objective (docs/stf.md): reference draws, both modes on a mesh, the real
 train step, n = 1 reduction to EDM, curriculum composition, recipe smoke runs."""
-import importlib.util
 import os
 
 import jax
@@ -9,22 +8,20 @@ import ml_collections
 import numpy as np
 import pytest
 
+from jaxdiff.train.experiment import Experiment
 from jaxdiff import config as config_lib
-from jaxdiff import objectives, parallel
+from jaxdiff import parallel
 from jaxdiff.data import pipeline
 from jaxdiff.objectives import stf
 from jaxdiff.objectives.edm import EDMObjective
-from jaxdiff.objectives.stf_objective import STFObjective
+from jaxdiff.objectives.stf.objective import STFObjective
 from jaxdiff.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name: str, arg: str = "smoke"):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", name + ".py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.load_config(f"{name}:{arg}")
 
 
 def mesh_of(n: int, fsdp: int = 1):
@@ -133,12 +130,12 @@ def test_recipes_validate_and_count_draws():
   c = load_config("cifar10_stf", "")
   assert (c.stf.reference_size, c.data.batch_size, c.model.model_channels) == (1024, 512, 128)
   assert (c.data.tfds_name, c.objective.name, c.stf.mode) == ("cifar10", "stf", "per_device")
-  obj = STFObjective.from_config(c, None, None)
+  obj = STFObjective.from_config(c, None, None, None)
   obj.mesh = mesh_of(8)
   # Official: 1024 images per GPU of which the first 64 are the minibatch.
   assert obj.reference_draws == 8 * (1024 - 64)
   c.stf.mode = "global"
-  obj = STFObjective.from_config(c, None, None)
+  obj = STFObjective.from_config(c, None, None, None)
   obj.mesh = mesh_of(8)
   assert obj.reference_draws == 1024 - 512
 
@@ -215,7 +212,7 @@ def test_train_step_loss_on_mesh_equals_unsharded(mode, n):
   """One compiled train step on 8 devices: its loss equals the single-device loss with the
   unsharded (global) or per-shard (per_device) STF target, same key and batch."""
   c = toy_stf_config(mode=mode, reference_size=n)
-  exp = loop.Experiment(c, mesh=mesh_of(8, fsdp=2))
+  exp = Experiment(c, mesh=mesh_of(8, fsdp=2))
   state = exp.init_state()
   batch = exp.global_batch(2)
   host_state, host_batch = jax.device_get(state), jax.device_get(batch)
@@ -248,7 +245,7 @@ def test_single_reference_is_exactly_the_edm_step():
   c_edm = toy_stf_config(batch_size=8, objective__name="edm")
   results = []
   for c in (c_stf, c_edm):
-    exp = loop.Experiment(c, mesh=mesh_of(8))
+    exp = Experiment(c, mesh=mesh_of(8))
     state, metrics = exp.compiler(None)(exp.init_state(), exp.global_batch(0))
     results.append((jax.device_get(metrics["loss"]), jax.device_get(state.params)))
   assert exp.objective.reference_draws == 0 or c.objective.name == "edm"

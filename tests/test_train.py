@@ -1,5 +1,4 @@
 """End-to-end training: smoke runs, sharding equivalence, exact resume, bad config."""
-import importlib.util
 import json
 import os
 
@@ -7,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxdiff.train.experiment import Experiment
 from jaxdiff import config as config_lib
 from jaxdiff import parallel
 from jaxdiff.train import loop
@@ -15,10 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name: str, arg: str = "smoke"):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", name + ".py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.load_config(f"{name}:{arg}")
 
 
 def toy_config(**overrides):
@@ -42,7 +39,7 @@ def losses(workdir):
 
 
 def final_params(workdir, config, mesh):
-  exp = loop.Experiment(config, mesh=mesh)
+  exp = Experiment(config, mesh=mesh)
   from jaxdiff import checkpoint
   ck = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
   state, _, step = ck.restore_latest(exp.abstract_state)
@@ -85,7 +82,7 @@ def test_fsdp_shards_params_and_matches(tmp_path):
   # Wide enough that the hidden kernels pass the FSDP size threshold.
   c = toy_config(train__num_steps=4, train__log_every=1, mesh__fsdp=4, mesh__data=2,
                  model__hidden_dim=128)
-  exp = loop.Experiment(c, mesh=mesh_of(8, fsdp=4))
+  exp = Experiment(c, mesh=mesh_of(8, fsdp=4))
   specs = [s.spec for s in jax.tree.leaves(exp.state_sharding.params)]
   assert any("fsdp" in tuple(spec) for spec in specs), specs
   loop.train(c, str(tmp_path / "fsdp"), mesh=mesh_of(8, fsdp=4))
@@ -131,7 +128,7 @@ def test_invalid_config_values_are_named(key, value, match):
 def test_batch_not_divisible_names_the_fix():
   c = toy_config(data__batch_size=12)
   with pytest.raises(config_lib.ConfigError, match=r"not divisible by the 8 devices.*batch_size=8 or 16"):
-    loop.Experiment(c, mesh=mesh_of(8))
+    Experiment(c, mesh=mesh_of(8))
 
 
 def test_locked_config_rejects_unknown_key():
@@ -145,14 +142,14 @@ def test_wrong_dataset_shape_is_explained():
   c = load_config("digits_edm")
   c.data.image_size = 32
   with pytest.raises(ValueError, match=r"examples of shape \(8, 8, 1\).*expects \(32, 32, 1\)"):
-    loop.Experiment(c, mesh=mesh_of(1))
+    Experiment(c, mesh=mesh_of(1))
 
 
 def test_update_if_runs_the_update_or_keeps_the_state_bit_for_bit():
   """The skip guard: one lax.cond, the same numbers as a per-leaf select, NaN metrics on skip."""
   import jax.numpy as jnp
   import optax
-  from jaxdiff.train import optim
+  from jaxdiff import optim
   tx = optax.adam(1e-2)
   params = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
   grads = jax.tree.map(lambda p: 0.1 * p + 0.3, params)

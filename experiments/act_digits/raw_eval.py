@@ -24,12 +24,10 @@ def main():
   parser.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
   parser.add_argument("--only", default="", help="comma-separated run names")
   args = parser.parse_args()
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
-                                  "consistency_digits"))
-  from evaluate import load_config  # the consistency experiment's config loader
-  from jaxdiff import checkpoint
+  from jaxdiff import config as config_lib
+  from jaxdiff.commands import sample
   from jaxdiff.evaluation import quality
-  from jaxdiff.train import loop
+  from jaxdiff.train import samples as samples_lib
   path = os.path.join(args.out, "raw_eval.json")
   out = json.load(open(path)) if os.path.exists(path) else {}
   only = set(filter(None, args.only.split(",")))
@@ -38,14 +36,10 @@ def main():
     if (only and name not in only) or name in out or not os.path.exists(
         os.path.join(workdir, "summary.json")):
       continue
-    config = load_config(workdir)
+    config = config_lib.workdir_config(workdir)
     config.act.sample_with = "trainer_ema"   # the hook then returns the weights it is given
-    exp = loop.Experiment(config)
-    ck = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
-    state, _, step = ck.restore_latest(exp.abstract_state)
-    ck.close()
-    params = loop.sampling_params(exp, state, use_ema=False)
-    samples = loop.generate(exp, params, 1024, seed=0)
+    exp, params, step = sample.load_run(config, workdir, use_ema=False)
+    samples = samples_lib.generate(exp, params, 1024, seed=0)
     out[name] = {"step": step, "raw_weights_1step_digits_fid": float(quality.digits_quality(samples)),
                  "sample_min": float(samples.min()), "sample_max": float(samples.max()),
                  "sample_std": float(samples.std())}

@@ -18,7 +18,6 @@ import os
 import re
 import sys
 
-import ml_collections
 import numpy as np
 
 # `python experiments/.../this.py` from the repo root: make the repo's jaxdiff importable.
@@ -29,46 +28,18 @@ SAMPLERS = {"1-step": (80.0,), "2-step": (80.0, 0.821)}
 MID_SWEEP = (0.2, 0.4, 0.821, 1.5, 3.0)   # 2-step mid-points, seed-0 runs only
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The run's saved config over today's defaults (older runs lack newer sections, e.g. act)."""
-  from jaxdiff.config import base_config
-  with open(os.path.join(workdir, "config.json")) as f:
-    saved = json.load(f)
-
-  def merge(base, over):
-    for k, v in over.items():
-      if isinstance(v, dict) and isinstance(base.get(k), dict):
-        merge(base[k], v)
-      else:
-        base[k] = v
-    return base
-  d = merge(base_config().to_dict(), saved)
-
-  def tuples(x):
-    if isinstance(x, dict):
-      return {k: tuples(v) for k, v in x.items()}
-    if isinstance(x, list):
-      return tuple(tuples(v) for v in x)
-    return x
-  return ml_collections.ConfigDict(tuples(d))
-
-
 def evaluate_run(workdir: str, mids=()) -> dict:
-  from jaxdiff import checkpoint
+  from jaxdiff import config as config_lib
+  from jaxdiff.commands import sample
   from jaxdiff.evaluation import quality
-  from jaxdiff.train import loop
-  config = load_config(workdir)
-  exp = loop.Experiment(config)
-  ck = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
-  state, _, step = ck.restore_latest(exp.abstract_state)
-  ck.close()
-  params = loop.sampling_params(exp, state, use_ema=True)
+  from jaxdiff.train import samples as samples_lib
+  exp, params, step = sample.load_run(config_lib.workdir_config(workdir), workdir, use_ema=True)
   out = {"step": step, "fid": {}, "samples": {}}
   samplers = dict(SAMPLERS)
   samplers.update({f"2-step mid {m}": (80.0, m) for m in mids})
   for name, sigmas in samplers.items():
     exp.config.sample.consistency_sigmas = tuple(sigmas)
-    samples = loop.generate(exp, params, NUM_SAMPLES, seed=0)
+    samples = samples_lib.generate(exp, params, NUM_SAMPLES, seed=0)
     out["fid"][name] = float(quality.digits_quality(samples))
     if name in SAMPLERS:
       out["samples"][name] = samples[:64]

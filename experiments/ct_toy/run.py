@@ -28,7 +28,6 @@ Results: results.json, results.md and samples.png next to this file.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -44,11 +43,8 @@ NUM_SAMPLES = 2048
 
 
 def load_recipe():
-  path = os.path.join(ROOT, "configs", "toy2d_edm.py")
-  spec = importlib.util.spec_from_file_location("toy2d_edm", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("")
+  from jaxdiff import config as config_lib
+  return config_lib.load_config(os.path.join(ROOT, "configs", "toy2d_edm.py"))
 
 
 def arm_config(arm: str, seed: int, args):
@@ -67,7 +63,8 @@ def arm_config(arm: str, seed: int, args):
   if arm == "ct_mu0":
     c.consistency.ct_mu0 = 1e-6
   if arm == "ict":
-    # iCT's lognormal over the pair index (spec §2.2); its other settings are the "auto" ones.
+    # iCT's lognormal over the pair index (docs/ict.md); its other settings are the "auto"
+    # ones.
     c.objective.p_mean, c.objective.p_std = -1.1, 2.0
   return c
 
@@ -79,6 +76,7 @@ def workdir_of(args, arm, seed):
 def run_all(args):
   import jax
   jax.config.update("jax_compilation_cache_dir", os.path.join(args.root, ".jax_cache"))
+  from jaxdiff import console
   from jaxdiff.train import loop
   for seed in args.seeds:
     for arm in args.arms:
@@ -86,10 +84,10 @@ def run_all(args):
       if os.path.exists(os.path.join(workdir, "summary.json")):
         continue
       t0 = time.time()
-      loop.log(f"=== {arm} seed {seed} -> {workdir}")
+      console.log(f"=== {arm} seed {seed} -> {workdir}")
       result = loop.train(arm_config(arm, seed, args), workdir)
       if isinstance(result, dict) and result.get("preempted"):
-        loop.log(f"stopped: {arm} seed {seed} was preempted at step {result.get('step')}")
+        console.log(f"stopped: {arm} seed {seed} was preempted at step {result.get('step')}")
         return
       with open(os.path.join(workdir, "wall_seconds.txt"), "w") as f:
         f.write(f"{time.time() - t0:.1f}\n")
@@ -97,23 +95,19 @@ def run_all(args):
 
 def evaluate(arm: str, seed: int, args) -> dict:
   """W2 of the final EMA weights: 1- and 2-step for consistency arms, Heun-18 for EDM."""
-  from jaxdiff import checkpoint
   from jaxdiff.evaluation import quality
-  from jaxdiff.train import loop
+  from jaxdiff.commands import sample
+  from jaxdiff.train import samples as samples_lib
   config = arm_config(arm, seed, args)
   workdir = workdir_of(args, arm, seed)
-  exp = loop.Experiment(config)
-  ck = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
-  state, _, step = ck.restore_latest(exp.abstract_state)
-  ck.close()
-  params = loop.sampling_params(exp, state, use_ema=True)
+  exp, params, step = sample.load_run(config, workdir, use_ema=True)
   samplers = ({"1-step": (80.0,), "2-step": (80.0, args.mid)} if arm in CONSISTENCY_ARMS
               else {"heun-18": None})
   out = {"step": int(step), "w2": {}, "samples": {}}
   for name, sigmas in samplers.items():
     if sigmas is not None:
       exp.config.sample.consistency_sigmas = sigmas
-    samples = loop.generate(exp, params, NUM_SAMPLES, seed=0)
+    samples = samples_lib.generate(exp, params, NUM_SAMPLES, seed=0)
     out["w2"][name] = quality.toy2d_quality(samples, config.data.toy2d_distribution, seed=0)
     out["samples"][name] = samples
   with open(os.path.join(workdir, "wall_seconds.txt")) as f:

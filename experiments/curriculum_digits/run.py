@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import importlib.util
 import json
 import os
 import re
@@ -34,11 +33,8 @@ ARMS = ("uniform", "patience", "fixed")
 
 
 def load_recipe(arg: str = ""):
-  path = os.path.join(ROOT, "configs", "digits_curriculum.py")
-  spec = importlib.util.spec_from_file_location("digits_curriculum", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  from jaxdiff import config as config_lib
+  return config_lib.load_config(os.path.join(ROOT, "configs", f"digits_curriculum.py:{arg}"))
 
 
 def arm_config(arm: str, seed: int, args):
@@ -108,6 +104,7 @@ def run_all(args):
   # As `python -m jaxdiff.main` does: the persistent cache in the workdirs'
   # parent, so the 20 stage programs compile once for all seeds and arms.
   jax.config.update("jax_compilation_cache_dir", os.path.join(args.root, ".jax_cache"))
+  from jaxdiff import console
   from jaxdiff.train import loop
   for seed in args.seeds:
     for arm in args.arms:
@@ -115,12 +112,12 @@ def run_all(args):
       if os.path.exists(os.path.join(workdir, "summary.json")):
         continue
       t0 = time.time()
-      loop.log(f"=== {arm} seed {seed} -> {workdir}")
+      console.log(f"=== {arm} seed {seed} -> {workdir}")
       result = loop.train(arm_config(arm, seed, args), workdir)
       if isinstance(result, dict) and result.get("preempted"):
         # SIGTERM makes train() save and return instead of raising: stop here, so that the
         # next arm does not start on a half-trained run (a rerun resumes this one).
-        loop.log(f"stopped: {arm} seed {seed} was preempted at step {result.get('step')}")
+        console.log(f"stopped: {arm} seed {seed} was preempted at step {result.get('step')}")
         return
       with open(os.path.join(workdir, "wall_seconds.txt"), "w") as f:
         f.write(f"{time.time() - t0:.1f}\n")

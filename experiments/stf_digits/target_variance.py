@@ -6,7 +6,7 @@ For x = y_1 + sigma * n with y_1 a digit, the EDM target is y_1 itself and the
 STF target is T(x) = sum_i w_i y_i over a reference set {y_1} + (n - 1) fresh
 digits. Both are unbiased-ish estimates of E[y | x]; this measures how much
 they scatter *given x*, E_x ||target - E[target | x]||^2 per pixel, exactly as
-training sees it (spec §3.4 test 5):
+training sees it (docs/stf.md#testable-properties test 5):
 
   plain: Var(y_1 | x) = sum_j p_j ||y_j - mu(x)||^2, with p the exact posterior
          over the 1797 digits (the empirical data distribution is the data).

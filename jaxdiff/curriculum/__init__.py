@@ -1,9 +1,9 @@
 """Denoising-task-difficulty curriculum (Kim, Go, Kwon, Kim; arXiv 2403.10348).
 
-Spec section 6. Public API (api.md): `cluster_edges`, `stage_mask`. Also the
+docs/curriculum.md. Public API: `cluster_edges`, `stage_mask`. Also the
 cluster orders and exact truncated samplers (`clusters`), host-side pacers
-and the `config.curriculum` block (`pacing`), and the observational-study
-tools (`analysis`).
+(`pacing`), the `config.curriculum` block (`settings`), the stage bookkeeping of
+a running job (`runtime`) and the observational-study tools (`analysis`, `study`).
 """
 from jaxdiff.curriculum.analysis import ddpm_alphas_cumprod
 from jaxdiff.curriculum.analysis import ddpm_consecutive_kl
@@ -21,14 +21,14 @@ from jaxdiff.curriculum.clusters import sample_timestep_in_mask
 from jaxdiff.curriculum.clusters import stage_mask
 from jaxdiff.curriculum.clusters import stage_order
 from jaxdiff.curriculum.pacing import ConstantPacer
-from jaxdiff.curriculum.pacing import default_curriculum_config
-from jaxdiff.curriculum.pacing import default_study_config
 from jaxdiff.curriculum.pacing import FixedPacer
 from jaxdiff.curriculum.pacing import make_pacer
-from jaxdiff.curriculum.pacing import mask_for_stage
 from jaxdiff.curriculum.pacing import Pacer
 from jaxdiff.curriculum.pacing import PatiencePacer
-from jaxdiff.curriculum.pacing import validate_curriculum_config
+from jaxdiff.curriculum.settings import default_curriculum_config
+from jaxdiff.curriculum.settings import default_study_config
+from jaxdiff.curriculum.settings import mask_for_stage
+from jaxdiff.curriculum.settings import validate_curriculum_config
 
 __all__ = [
     "ConstantPacer",

@@ -1,17 +1,17 @@
 """Tools for the curriculum paper's observational study of task difficulty.
 
-Kim, Go, Kwon, Kim (arXiv 2403.10348, ICLR 2025), spec section 6.4: lower
+Kim, Go, Kwon, Kim (arXiv 2403.10348, ICLR 2025), docs/curriculum.md#the-difficulty-study: lower
 timesteps (less noise) are harder, measured by (i) slower convergence of the
 per-cluster loss and (ii) a larger relative entropy between the noisy
 distributions of consecutive timesteps. The estimators below are ours (the
-paper's exact protocol is [UNVERIFIED]).
+paper's exact protocol is unverified).
 
 Timestep convention (DDPM code, e.g. diffusers): timesteps are the indices
 t = 0 .. T-1 of `alphas_cumprod`, with alphas_cumprod[t] = prod_{s<=t}
 (1 - beta_s), beta = linspace(beta_start, beta_end, T); so timestep 0 already
 carries one step of noise. "KL at t" is KL(q_{t-1} || q_t) between the
 distributions at indices t-1 and t, for t = 1 .. T-1. With x0^2 = 0.25 per
-dimension this reproduces the spec's table (t=1: 0.121, 2: 0.0517, ...,
+dimension this reproduces the table in docs/curriculum.md#the-difficulty-study (t=1: 0.121, 2: 0.0517, ...,
 999: 5.2e-10); the 1-based convention (alphas_cumprod[0] = 1) would instead
 make KL at t=1 infinite, and shifting by one gives 0.0517 at t=1.
 """
@@ -73,7 +73,8 @@ def ddpm_consecutive_kl(x0_sq_per_dim=0.25,
                         dtype=None):
   """Closed-form per-dimension KL(q(x_{t-1}|x0) || q(x_t|x0)), t = 1..T-1.
 
-  With q(x_t | x0) = N(sqrt(abar_t) x0, v_t I), v_t = 1 - abar_t (spec 6.4):
+  With q(x_t | x0) = N(sqrt(abar_t) x0, v_t I), v_t = 1 - abar_t
+  (docs/curriculum.md#the-difficulty-study):
     KL = 1/2 [r - 1 - ln r] + (sqrt(abar_{t-1}) - sqrt(abar_t))^2 x0^2 / (2 v_t),
   r = v_{t-1} / v_t, per dimension. Evaluated without cancellation
   (abar_{t-1} - abar_t = abar_{t-1} beta_t, v_t = -expm1(ln abar_t)), so it is
@@ -117,7 +118,7 @@ def _consecutive_kl(x0_sq_per_dim, num_timesteps, beta_start, beta_end,
 def _mixture_log_density(x: Array, means: Array, variance: Array) -> Array:
   """log (1/n) sum_i N(x; means_i, variance I) for x [m, d], means [n, d]."""
   d = x.shape[-1]
-  # ||x - mu||^2 by the matmul expansion (spec 7.4): O(m n) memory.
+  # ||x - mu||^2 by the matmul expansion (docs/implementation.md#pairwise-distances): O(m n) memory.
   sq = (jnp.sum(x * x, -1)[:, None] + jnp.sum(means * means, -1)[None, :] -
         2 * x @ means.T)
   sq = jnp.maximum(sq, 0)
@@ -131,7 +132,8 @@ def marginal_kl_mc(key: Array,
                    t_values,
                    num_samples: int,
                    alphas_cumprod: Optional[Array] = None) -> Array:
-  """Monte-Carlo KL(p_{t-1} || p_t) between DDPM marginals (spec 6.4).
+  """Monte-Carlo KL(p_{t-1} || p_t) between DDPM marginals (docs/curriculum.md).
+
 
   p_t is the noisy empirical distribution of a reference set:
   p_t(x) = (1/n) sum_i N(x; sqrt(abar_t) y_i, (1 - abar_t) I). The estimate
@@ -200,8 +202,8 @@ def iterations_to_converge(loss_curve,
                            mode: str = "first") -> Array:
   """Iterations until a loss curve is within (1 + eps) of its final value.
 
-  Spec 6.4 (i): "iterations to reach (1 + eps) x final loss". The curve is
-  first smoothed by a trailing moving average over `smoothing` points
+  docs/curriculum.md#the-difficulty-study: "iterations to reach (1 + eps) x final
+  loss". The curve is first smoothed by a trailing moving average over `smoothing` points
   (shorter at the start); the final value is the last smoothed point f.
   "Within" means |s_k - f| <= eps |f|.
 
@@ -272,7 +274,7 @@ def make_probe_set(key: Array,
                    num_clusters: int,
                    p_mean: float = -1.2,
                    p_std: float = 1.2) -> Dict[str, Array]:
-  """A fixed held-out probe set for per-cluster losses (spec 6.4 (i)).
+  """A fixed held-out probe set for per-cluster losses (docs/curriculum.md#the-difficulty-study).
 
   Every clean image meets every cluster with fixed noise: for cluster i and
   image m (of M) the noise level sits at the lognormal quantile

@@ -1,7 +1,7 @@
 """Noise-level clusters and cumulative curriculum stages.
 
 Kim, Go, Kwon, Kim, "Denoising Task Difficulty-based Curriculum for Training
-Diffusion Models" (arXiv 2403.10348, ICLR 2025); spec section 6.1.
+Diffusion Models" (arXiv 2403.10348, ICLR 2025); docs/curriculum.md#method.
 
 The noise range is cut into N clusters C_0 .. C_{N-1}, cluster 0 holding the
 lowest noise (the hardest denoising task) and cluster N-1 the highest (the
@@ -12,9 +12,11 @@ clusters of an *order*; the paper's order adds clusters from the easiest
 Two kinds of clusters:
   * "lognormal" (EDM, continuous sigma): equal-probability quantiles of the
     training distribution ln sigma ~ N(p_mean, p_std^2), edges
-    exp(p_mean + p_std * Phi^{-1}(i / N)). [UNVERIFIED exact rule, spec 6.1]
+    exp(p_mean + p_std * Phi^{-1}(i / N)). (the exact rule is unverified;
+    docs/curriculum.md#clusters)
   * "uniform" (DDPM-style integer timesteps t in [0, T)): equal-width
-    intervals [i T / N, (i + 1) T / N). [SEC quote, spec 6.1]
+    intervals [i T / N, (i + 1) T / N). (secondary: a quote of the paper;
+    docs/curriculum.md#clusters)
 
 A stage is a *mask*: a tuple of N Python bools, hashable, meant to be passed
 to `jax.jit` as a static argument so each stage compiles once. The samplers

@@ -1,8 +1,8 @@
 """Host-side pacing: when the curriculum moves to its next stage.
 
-Kim, Go, Kwon, Kim (arXiv 2403.10348, ICLR 2025), spec sections 6.1 and 6.3.
+Kim, Go, Kwon, Kim (arXiv 2403.10348, ICLR 2025); docs/curriculum.md#pacing.
 The paper advances a stage when the training loss of the current stage stops
-improving within a maximum patience tau [SEC]; it contrasts this with fixed
+improving within a maximum patience tau (secondary); it contrasts this with fixed
 equal-length stages. Both are here, plus a constant pacer for "curriculum
 off".
 
@@ -18,23 +18,7 @@ continues exactly as an uninterrupted one. Use it like this:
 
 `pacer.stage` is always the stage to train the *next* step with.
 
-Defaults and their evidence (spec 6.2; everything about the pacing rule
-beyond "patience on the training loss" is open, spec 8.1):
-  num_clusters = 20           [SEC quote]
-  kind = "lognormal"          EDM quantiles [UNVERIFIED exact rule]
-  pacing = "patience"         [SEC]
-  window = 100 steps          [UNVERIFIED] (spec recommends 100-1000)
-  tau = 5 windows             [UNVERIFIED]
-  delta = 0.0                 [UNVERIFIED]
-  cap = 2000 steps per stage  [UNVERIFIED] safety valve, not in the paper
-  steps_per_stage = 500       [UNVERIFIED] fixed-pacing baseline only
-  order = "easy_to_hard"      [SEC Fig. 3]; the others are ablations
-  precompile = "next"         ours: compile stage n+1's step in a background
-                              thread while stage n trains ("all": every
-                              stage at start; "none": on demand). Does not
-                              change the math, only when compilation happens.
-  study.*                     budget of `--mode=analyze` (jaxdiff.curriculum
-                              .study), ours; not used by training.
+The `config.curriculum` keys, their defaults and checks are in `settings.py`.
 """
 from __future__ import annotations
 
@@ -43,140 +27,8 @@ import operator
 import warnings
 from typing import Any, Dict, Optional
 
-import ml_collections
+from jaxdiff.curriculum.settings import validate_curriculum_config
 
-from jaxdiff.curriculum.clusters import KINDS
-from jaxdiff.curriculum.clusters import ORDERS
-from jaxdiff.curriculum.clusters import stage_mask
-
-PACINGS = ("fixed", "patience")
-PRECOMPILE = ("none", "next", "all")
-
-
-def default_study_config() -> ml_collections.ConfigDict:
-  """`config.curriculum.study`: the difficulty analysis (`--mode=analyze`).
-
-  Its own small budget, so the study runs in minutes on a CPU whatever the
-  recipe's training budget is.
-  """
-  return ml_collections.ConfigDict(
-      dict(
-          # (1) KL between consecutive DDPM marginals (linear beta schedule).
-          num_timesteps=1000,
-          beta_start=1e-4,
-          beta_end=0.02,
-          kl_timesteps=(1, 2, 5, 10, 20, 50, 100, 200, 500, 999),
-          kl_samples=1024,          # Monte-Carlo samples per timestep
-          kl_reference=2048,        # reference points (<= dataset size)
-          # (2) per-cluster convergence of one model trained on all levels.
-          num_steps=600,
-          batch_size=0,             # 0: config.data.batch_size
-          eval_every=20,
-          probe_size=64,            # held-out clean examples per cluster
-          eps=0.05,                 # "within (1 + eps) of the final loss"
-          smoothing=3,              # moving average over evaluations
-      ))
-
-
-def default_curriculum_config() -> ml_collections.ConfigDict:
-  """The `config.curriculum` block; see the module docstring for sources."""
-  return ml_collections.ConfigDict(
-      dict(
-          enabled=False,
-          num_clusters=20,
-          kind="lognormal",
-          pacing="patience",
-          steps_per_stage=500,
-          window=100,
-          tau=5,
-          delta=0.0,
-          cap=2000,
-          order="easy_to_hard",
-          seed=0,
-          precompile="next",
-          study=default_study_config(),
-      ))
-
-
-def _is_int(value) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def validate_curriculum_config(cfg) -> None:
-  """Raises ValueError naming the key, its value and what is allowed."""
-  expected = set(default_curriculum_config().keys())
-  present = set(cfg.keys())
-  if missing := sorted(expected - present):
-    raise ValueError(f"curriculum config lacks keys {missing}; start from "
-                     "default_curriculum_config().")
-  if unknown := sorted(present - expected):
-    raise ValueError(f"curriculum config has unknown keys {unknown}; allowed: "
-                     f"{sorted(expected)}.")
-
-  def fail(key, allowed):
-    raise ValueError(
-        f"curriculum.{key} = {cfg[key]!r} is invalid; allowed: {allowed}.")
-
-  if not isinstance(cfg.enabled, bool):
-    fail("enabled", "True or False")
-  for key, allowed in (("kind", KINDS), ("pacing", PACINGS),
-                       ("order", ORDERS)):
-    if cfg[key] not in allowed:
-      fail(key, " | ".join(repr(a) for a in allowed))
-  for key in ("num_clusters", "steps_per_stage", "window"):
-    if not _is_int(cfg[key]) or cfg[key] < 1:
-      fail(key, "an int >= 1")
-  if not _is_int(cfg.tau) or cfg.tau < 0:
-    fail("tau", "an int >= 0 (the number of non-improving checks tolerated)")
-  if not _is_number(cfg.delta) or not 0 <= cfg.delta < math.inf:
-    fail("delta", "a finite number >= 0")
-  if cfg.cap is not None and (not _is_int(cfg.cap) or cfg.cap < 1):
-    fail("cap", "an int >= 1 (steps per stage), or None for no cap")
-  if not _is_int(cfg.seed):
-    fail("seed", "an int")
-  if cfg.precompile not in PRECOMPILE:
-    fail("precompile", " | ".join(repr(a) for a in PRECOMPILE))
-  validate_study_config(cfg.study)
-
-
-def validate_study_config(study) -> None:
-  """Raises ValueError naming the `curriculum.study` key and what is allowed."""
-  expected = set(default_study_config().keys())
-  present = set(study.keys())
-  if missing := sorted(expected - present):
-    raise ValueError(f"curriculum.study lacks keys {missing}; start from "
-                     "default_study_config().")
-  if unknown := sorted(present - expected):
-    raise ValueError(f"curriculum.study has unknown keys {unknown}; allowed: "
-                     f"{sorted(expected)}.")
-
-  def fail(key, allowed):
-    raise ValueError(
-        f"curriculum.study.{key} = {study[key]!r} is invalid; allowed: {allowed}.")
-
-  for key in ("num_timesteps", "kl_samples", "kl_reference", "num_steps",
-              "eval_every", "probe_size", "smoothing"):
-    if not _is_int(study[key]) or study[key] < 1:
-      fail(key, "an int >= 1")
-  if not _is_int(study.batch_size) or study.batch_size < 0:
-    fail("batch_size", "an int >= 0 (0: config.data.batch_size)")
-  if not (_is_number(study.beta_start) and _is_number(study.beta_end) and
-          0 < study.beta_start <= study.beta_end < 1):
-    fail("beta_start", "0 < beta_start <= beta_end < 1")
-  ts = tuple(study.kl_timesteps)
-  if not ts or not all(_is_int(t) and 1 <= t < study.num_timesteps for t in ts):
-    fail("kl_timesteps", f"ints in [1, num_timesteps - 1 = {study.num_timesteps - 1}]")
-  if not _is_number(study.eps) or not 0 < study.eps < math.inf:
-    fail("eps", "a finite number > 0")
-
-
-def mask_for_stage(cfg, stage: int):
-  """The static mask of `stage` under the config's order and seed."""
-  return stage_mask(stage, cfg.num_clusters, order=cfg.order, seed=cfg.seed)
 
 
 class Pacer:
@@ -334,7 +186,7 @@ class FixedPacer(Pacer):
 class PatiencePacer(Pacer):
   """The paper's adaptive pacing: advance when the stage's loss plateaus.
 
-  Spec 6.1 / 6.3. Each observed per-step loss joins a window; when the window
+  docs/curriculum.md#method / 6.3. Each observed per-step loss joins a window; when the window
   holds `window` losses its mean L is checked against the stage's best L*:
     L < L* - delta  -> improving: L* = L, patience = 0;
     otherwise       -> patience += 1.

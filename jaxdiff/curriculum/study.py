@@ -1,9 +1,11 @@
-"""The curriculum paper's observational study of task difficulty, as a command.
+"""The curriculum paper's observational study of task difficulty: measurements and reports.
 
   python -m jaxdiff.main --config=configs/digits_curriculum.py --workdir=DIR --mode=analyze
 
+(the command is jaxdiff/commands/analyze.py, which trains the probe model).
 Kim, Go, Kwon, Kim (arXiv 2403.10348) motivate the curriculum by two
-observations (spec 6.1, 6.4): lower noise levels are harder, because
+observations (docs/curriculum.md#the-difficulty-study): lower noise levels are
+harder, because
   (1) the relative entropy between the noisy distributions of consecutive
       timesteps is larger at small t, and
   (2) the loss of low-noise clusters converges more slowly.
@@ -12,7 +14,7 @@ markdown), PNG plots and a summary into `DIR/analysis/`:
 
   (1) kl.csv / kl.md / kl.png: the closed-form per-dimension
       KL(q(x_{t-1}|x0) || q(x_t|x0)) of a linear-beta DDPM schedule for
-      x0^2 = 0.25 (the spec's table) and for the dataset's mean x0^2, next to
+      x0^2 = 0.25 (the table in docs/curriculum.md) and for the dataset's mean x0^2, next to
       the Monte-Carlo KL between the *marginals* p_{t-1}, p_t of the noisy
       dataset (reference set = the real data, mixture densities by
       logsumexp; `analysis.marginal_kl_mc`), in float64.
@@ -25,14 +27,12 @@ markdown), PNG plots and a summary into `DIR/analysis/`:
       (smoothed) probe loss is within (1 + eps) of its final value, first
       reached ("first") and for good ("stay").
 
-Both estimators are ours; the paper's protocol is [UNVERIFIED] (spec 6.4).
+Both estimators are ours; the paper's protocol is unverified (docs/curriculum.md).
 The budget lives in `config.curriculum.study` so the study takes minutes on a
 CPU whatever the recipe's own training budget is.
 """
 from __future__ import annotations
 
-import copy
-import json
 import os
 from typing import Any
 
@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff import diffusion
 from jaxdiff.curriculum import analysis
 from jaxdiff.curriculum import clusters
 
@@ -47,11 +48,6 @@ from jaxdiff.curriculum import clusters
 _PROBE_SPLIT_SEED = 0x5EED
 _PROBE_NOISE_SEED = 0xBEEF
 _KL_SEED = 0xC1
-
-
-def _log(msg: str) -> None:
-  from jaxdiff.train import loop
-  loop.log(msg)
 
 
 # ------------------------------------------------------------------ data
@@ -76,7 +72,7 @@ class _Subset:
     return self._dataset.get(self._indices[np.asarray(indices)])
 
 
-def _split(config, dataset, probe_size: int):
+def split_probe(config, dataset, probe_size: int):
   """(probe images [M, ...], training dataset) with the probe examples held out."""
   if dataset is None:  # toy2d: an infinite stream; a fresh draw is held out.
     from jaxdiff.data import builtin
@@ -186,49 +182,16 @@ def _plot_kl(path, t_all, kl_closed, t_mc, kl_mc, x0_sq):
 # ------------------------------------------------------------------ (2) convergence
 
 
-def _study_train_config(config):
-  """The recipe with the curriculum off, the EDM loss and the study's budget."""
-  c = copy.deepcopy(config)
-  s = c.curriculum.study
-  with c.unlocked():
-    c.curriculum.enabled = False
-    if c.objective.name != "edm":
-      _log(f"analyze: training the probe model with the EDM loss (not {c.objective.name!r}): "
-           "the study measures denoising difficulty.")
-      c.objective.name = "edm"
-    # Everything else as the recipe (loss buckets included), so the step is
-    # the very program of the recipe's last curriculum stage: a persistent-
-    # cache hit when the recipe was trained or smoke-tested before.
-    c.train.num_steps = int(s.num_steps)
-    if s.batch_size:
-      c.data.batch_size = int(s.batch_size)
-  return c
+def probe_set(config, probe_x0: np.ndarray):
+  """Each clean probe example with fixed noise at a fixed noise level of every cluster."""
+  c = config
+  return analysis.make_probe_set(jax.random.PRNGKey(_PROBE_NOISE_SEED + c.seed),
+                                 jnp.asarray(probe_x0), int(c.curriculum.num_clusters),
+                                 float(c.objective.p_mean), float(c.objective.p_std))
 
 
-def convergence_study(config, out_dir: str, mesh=None) -> dict[str, Any]:
-  """Per-cluster probe losses of one model trained on every noise level."""
-  from jaxdiff import diffusion
-  from jaxdiff.data import pipeline
-  from jaxdiff.train import loop
-
-  c = _study_train_config(config)
-  s = c.curriculum.study
-  n_clusters = int(c.curriculum.num_clusters)
-  exp = loop.Experiment(c, mesh=mesh)
-  probe_x0, train_ds = _split(c, exp.dataset, int(s.probe_size))
-  if train_ds is not None:
-    # Train only on the non-probe examples, with the trainer's own batching.
-    exp.batcher = pipeline.StepBatcher(
-        dataset=train_ds, global_batch_size=c.data.batch_size, seed=c.seed,
-        process_slice=exp.batcher.process_slice,
-        random_flip=bool(c.data.random_flip))
-  p_mean, p_std = float(c.objective.p_mean), float(c.objective.p_std)
-  probe = analysis.make_probe_set(jax.random.PRNGKey(_PROBE_NOISE_SEED + c.seed),
-                                  jnp.asarray(probe_x0), n_clusters, p_mean, p_std)
-  from jaxdiff import parallel
-  probe = jax.device_put(probe, parallel.replicated(exp.mesh))
-  sigma_data = float(c.objective.sigma_data)
-  apply_fn = exp.apply_fn
+def probe_loss_fn(apply_fn, sigma_data: float, num_clusters: int):
+  """Jitted (params, probe set) -> EDM-weighted denoising loss per cluster [N]."""
 
   @jax.jit
   def probe_losses(params, probe):
@@ -237,24 +200,17 @@ def convergence_study(config, out_dir: str, mesh=None) -> dict[str, Any]:
       denoised = diffusion.denoise(apply_fn, params, x, sigma, sigma_data=sigma_data)
       weight = diffusion.edm_loss_weight(sigma, sigma_data)
       return weight * jnp.sum((denoised - x0).reshape(x0.shape[0], -1)**2, axis=1)
-    return analysis.per_cluster_probe_losses(per_example, probe, n_clusters)
+    return analysis.per_cluster_probe_losses(per_example, probe, num_clusters)
+  return probe_losses
 
+
+def convergence_report(config, eval_steps, curves, num_probe: int, out_dir: str) -> dict:
+  """Tables, plot and summary of the per-cluster probe curves [N clusters, K evaluations]."""
+  c = config
+  s = c.curriculum.study
+  n_clusters = int(c.curriculum.num_clusters)
   num_steps, every = int(s.num_steps), int(s.eval_every)
-  state = exp.init_state()
-  step_fn = exp.compiler(None)
-  eval_steps, curves = [], []
-  _log(f"analyze: training {exp.num_params:,} parameters for {num_steps} steps, probing "
-       f"{n_clusters} clusters x {len(probe_x0)} held-out examples every {every} steps")
-  for step in range(num_steps + 1):
-    if step % every == 0 or step == num_steps:
-      # Raw (not EMA) weights: the study is about how fast the optimisation
-      # fits each noise level.
-      curves.append(np.asarray(jax.device_get(probe_losses(state.params, probe)), np.float64))
-      eval_steps.append(step)
-    if step < num_steps:
-      state, _ = step_fn(state, exp.global_batch(step))
-      if (step + 1) % max(1, num_steps // 10) == 0:
-        _log(f"analyze: step {step + 1}/{num_steps}")
+  p_mean, p_std = float(c.objective.p_mean), float(c.objective.p_std)
   curves = np.stack(curves, axis=1)  # [N, K]
   eval_steps = np.asarray(eval_steps)
   first = np.asarray(analysis.iterations_to_converge(curves, float(s.eps), int(s.smoothing),
@@ -282,7 +238,7 @@ def convergence_study(config, out_dir: str, mesh=None) -> dict[str, Any]:
       os.path.join(out_dir, "convergence.md"),
       f"Per-cluster probe loss (EDM-weighted, raw weights) of one model trained on all noise "
       f"levels for {num_steps} steps (batch {c.data.batch_size}); {n_clusters} lognormal-"
-      f"quantile clusters (cluster 0 = lowest noise = hardest), {len(probe_x0)} held-out "
+      f"quantile clusters (cluster 0 = lowest noise = hardest), {num_probe} held-out "
       f"probe examples each, evaluated every {every} steps; iterations until the loss "
       f"(moving average over {s.smoothing} evaluations) is within (1 + {s.eps:g}) of its "
       "final value: first reached / for good.",
@@ -357,39 +313,7 @@ def _plot_convergence(path, steps, curves, rows):
   fig.savefig(path, dpi=100)
 
 
-# ------------------------------------------------------------------ entry point
-
-
-def run(config, workdir: str, mesh=None) -> dict[str, Any]:
-  """`--mode=analyze`: both studies; returns (and writes) the summary."""
-  from jaxdiff import config as config_lib
-  from jaxdiff.curriculum import pacing
-  from jaxdiff.data import pipeline
-  config_lib.validate(config)
-  try:
-    pacing.validate_study_config(config.curriculum.study)
-  except ValueError as e:
-    raise config_lib.ConfigError(str(e)) from e
-  out_dir = os.path.join(workdir, "analysis")
-  if jax.process_index() == 0:
-    os.makedirs(out_dir, exist_ok=True)
-  dataset, _ = pipeline.make_dataset(config.data)
-  _log("analyze: (1) KL between consecutive noisy distributions")
-  kl = kl_study(config, dataset, out_dir)
-  _log("analyze: (2) per-cluster convergence")
-  conv = convergence_study(config, out_dir, mesh=mesh)
-  summary = {"kl": kl, "convergence": conv,
-             "files": sorted(os.listdir(out_dir)) if jax.process_index() == 0 else []}
-  if jax.process_index() == 0:
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
-    with open(os.path.join(out_dir, "report.md"), "w") as f:
-      f.write(_report(kl, conv, out_dir))
-  _log(f"analyze: wrote {out_dir}/report.md (tables, kl.png, convergence.png)")
-  return summary
-
-
-def _report(kl, conv, out_dir) -> str:
+def report(kl, conv, out_dir) -> str:
   with open(os.path.join(out_dir, "kl.md")) as f:
     kl_md = f.read()
   with open(os.path.join(out_dir, "convergence.md")) as f:

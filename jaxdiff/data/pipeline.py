@@ -146,7 +146,7 @@ class StepBatcher:
     the process count: every process slices the same global draw, so the slices
     are disjoint and together form the global reference batch. Augmentation
     (random flip) is drawn independently of the minibatch's, as in the official
-    STF code (spec §3.2).
+    STF code (docs/stf.md#reference-set-construction).
     """
     rlo, rhi = self.reference_slice
     e = self.num_reference

@@ -16,19 +16,9 @@ import os
 
 import numpy as np
 
-from jaxdiff.data import builders
-
-DATA_DIR_ENV = "JAXDIFF_DATA_DIR"
-
-
-class MissingDatasetError(FileNotFoundError):
-  """The dataset named by the config has not been prepared in the data dir."""
-
-
-def resolve_data_dir(data_dir: str) -> str:
-  """config.data.data_dir, else $JAXDIFF_DATA_DIR, else ~/jaxdiff_datasets (as prepare_data)."""
-  data_dir = data_dir or os.environ.get(DATA_DIR_ENV) or os.path.join("~", "jaxdiff_datasets")
-  return os.path.abspath(os.path.expanduser(data_dir))
+from jaxdiff.data import builders, sources
+from jaxdiff.data.catalog import DATA_DIR_ENV, RECIPES, prepare_command, resolve_data_dir
+from jaxdiff.errors import MissingDatasetError  # noqa: F401  (raised here)
 
 
 def _available(data_dir: str) -> list[str]:
@@ -47,13 +37,12 @@ def _available(data_dir: str) -> list[str]:
 
 
 def missing_message(name: str, data_dir: str, path: str) -> str:
-  from jaxdiff import prepare_data
   have = _available(data_dir)
   listing = ("prepared there: " + ", ".join(have)) if have else "nothing is prepared there yet"
   return (f"Dataset {name!r} (config.data.tfds_name) is not prepared: looked for {path} in the "
           f"data dir {data_dir} (config.data.data_dir, else ${DATA_DIR_ENV}, else "
           f"~/jaxdiff_datasets); {listing}. Training never downloads; prepare it once with:\n"
-          f"  {prepare_data.prepare_command(name, data_dir)}")
+          f"  {prepare_command(name, data_dir)}")
 
 
 class TfdsImageDataset:
@@ -133,9 +122,9 @@ def open_dataset(data_config) -> TfdsImageDataset:
     if name.split("/")[0] == "synthetic":
       # Generated, not downloaded: the smoke recipes' stand-in for a real dataset,
       # written through the same builder as every other dataset.
-      from jaxdiff import prepare_data
-      size = int(data_config.image_size)
-      prepare_data.prepare("synthetic", data_dir, resolution=size, name=name, num_examples=256)
+      examples, info = sources.synthetic_source(name, int(data_config.image_size),
+                                                 RECIPES["synthetic"].num_classes, 256)
+      builders.write_dataset(data_dir, info, examples)
     else:
       raise MissingDatasetError(missing_message(name, data_dir, path))
   num_classes = int(data_config.num_classes)

@@ -1,4 +1,4 @@
-"""Diffusion math shared by every objective and sampler (spec sections 1.2-1.5).
+"""Diffusion math shared by every objective and sampler (docs/edm.md#preconditioning).
 
 Public API (api.md): `edm_precond`, `cm_precond`, `edm_loss_weight`,
 `karras_sigmas`. Also `denoise` (the preconditioned denoiser around a raw

@@ -2,8 +2,8 @@
 
 EDM (Karras et al. 2022, Sec. 5) draws ln sigma ~ N(P_mean, P_std^2) with
 P_mean = -1.2, P_std = 1.2. The difficulty curriculum (Kim et al., ICLR 2025;
-spec section 6) restricts training to the lognormal truncated to a quantile
-range [lo, hi); we sample it exactly by inverse CDF:
+docs/curriculum.md) restricts training to the lognormal truncated to a
+quantile range [lo, hi); we sample it exactly by inverse CDF:
   u ~ U[lo, hi),  ln sigma = P_mean + P_std * Phi^{-1}(u),
 which with (lo, hi) = (0, 1) is exactly the untruncated lognormal, so
 "curriculum off" and "last stage" use the same code path.

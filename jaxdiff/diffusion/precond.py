@@ -162,7 +162,8 @@ def denoise(apply_fn: RawNetworkFn,
     sigma_min: the CM boundary; used only with `precond="cm"`.
     noise_label: what the network's noise embedding receives: `"log"`
       (EDM's c_noise = ln(sigma)/4, also CT-JAX's and ECT's) or `"sigma"`
-      (the raw sigma, as ACT's code feeds its diffusers UNet, spec §1.5).
+      (the raw sigma, as ACT's code feeds its diffusers UNet;
+      docs/consistency.md#parameterisation-and-boundary-condition).
 
   Returns:
     D(x; sigma), shaped and typed like `x`. The coefficients are computed in

@@ -1,6 +1,6 @@
 """FID as EDM measures it, sharded over the mesh: no image files, no gathered images.
 
-Protocol (EDM `fid.py` / `generate.py`, spec §1.4-1.5):
+Protocol (EDM `fid.py` / `generate.py`, docs/evaluation.md#fid-protocol):
 
 * Samples: `num_samples` images (50,000 in the papers) for the seeds
   `seed_start .. seed_start + num_samples - 1`. Each image is a function of its
@@ -33,7 +33,7 @@ import dataclasses
 import hashlib
 import math
 import os
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -188,15 +188,25 @@ def dataset_stats(extractor: FeatureExtractor, dataset, batch_size: int,
   mesh = extractor.mesh
   n = dataset.num_examples if not num_examples else min(int(num_examples), dataset.num_examples)
   lo, hi = parallel.process_batch_slice(batch_size, mesh)
-  stats, pending = FeatureStats.zeros(), []
-  bar = _progress(n, desc)
-  for start in range(0, n, batch_size):
-    valid = min(batch_size, n - start)
+
+  def images(start):
     rows = np.arange(start + lo, start + hi)
     rows = np.where(rows < n, rows, 0)  # padding rows: any real image, weight 0
-    images = dataset.get(rows)["image"].astype(np.float32)
-    glob = parallel.to_global({"image": images}, mesh, batch_size)["image"]
-    pending.append((*extractor.batch_sums(glob, valid), valid))
+    local = dataset.get(rows)["image"].astype(np.float32)
+    return parallel.to_global({"image": local}, mesh, batch_size)["image"]
+
+  return _statistics(extractor, images, n, batch_size, desc)
+
+
+def _statistics(extractor: FeatureExtractor, images_at, total: int, batch_size: int,
+                desc: str) -> FeatureStats:
+  """Sums of the features of `images_at(start)` (global batches of `batch_size`, the last
+  one padded) for start = 0, batch_size, ... < total."""
+  stats, pending = FeatureStats.zeros(), []
+  bar = _progress(total, desc)
+  for start in range(0, total, batch_size):
+    valid = min(batch_size, total - start)
+    pending.append((*extractor.batch_sums(images_at(start), valid), valid))
     _accumulate(stats, pending)
     if bar is not None:
       bar.update(valid)
@@ -221,55 +231,21 @@ def per_seed_inputs(seeds: jax.Array, image_shape, num_classes: int, dtype=jnp.f
   return latents, labels, noise_keys
 
 
-def make_sampler(objective, sample_config, num_classes: int) -> Callable:
-  """(params, latents[B], labels[B] | None, keys[B]) -> images[B], one sample per seed.
-
-  EDM's deterministic Heun sampler runs batched: the network treats every image
-  on its own (group norm, attention and labels are per sample), so each image
-  depends on its own latent and label only. Samplers that draw fresh noise
-  (multistep consistency sampling, objectives with their own `sample`) run per
-  sample under `vmap`, so that noise comes from the image's own seed too.
-  """
-  from jaxdiff import sampling
-  s = sample_config
-  per_sample = hasattr(objective, "sample") or objective.sampler_kind == "consistency"
-
-  def run(params, x, labels, key):
-    if hasattr(objective, "sample"):  # objectives with their own sampler (consistency.py)
-      return objective.sample(params, x, key, s)
-    fn = objective.denoiser(params, class_labels=labels)
-    if objective.sampler_kind == "consistency":
-      return sampling.consistency_sampler(fn, x, jnp.asarray(s.consistency_sigmas, x.dtype),
-                                          key=key)
-    return sampling.edm_sampler(fn, x, num_steps=s.num_steps, sigma_min=s.sigma_min,
-                                sigma_max=s.sigma_max, rho=s.rho)
-
-  def sample(params, latents, labels, keys):
-    if not per_sample:
-      return run(params, latents, labels, None)
-
-    def one(z, y, k):
-      return run(params, z[None], None if y is None else y[None], k)[0]
-
-    if labels is None:
-      return jax.vmap(lambda z, k: one(z, None, k))(latents, keys)
-    return jax.vmap(one)(latents, labels, keys)
-
-  return sample
-
-
 class Generator:
-  """Sharded generation of the images of a seed range, batch by batch."""
+  """Sharded generation of the images of a seed range, batch by batch.
 
-  def __init__(self, objective, sample_config, mesh, image_shape, num_classes: int,
-               batch_size: int):
+  `sampler(params, latents[B], labels[B] | None, keys[B]) -> images[B]` makes one
+  image per seed from that seed's inputs (`per_seed_inputs`); the trainer hands
+  in the objective's (`train.samples.per_seed_sampler`).
+  """
+
+  def __init__(self, sampler: Callable, mesh, image_shape, num_classes: int, batch_size: int):
     parallel_ok = batch_size % mesh.size == 0
     if not parallel_ok:
       raise ValueError(
           f"config.eval.fid_batch_size={batch_size} is not divisible by the {mesh.size} devices; "
           f"use a multiple, e.g. {max(mesh.size, batch_size // mesh.size * mesh.size)}.")
     self.batch_size = batch_size
-    sampler = make_sampler(objective, sample_config, num_classes)
     shard1 = parallel.batch_sharding(mesh, 1)
     shard_img = parallel.batch_sharding(mesh, 1 + len(image_shape))
 
@@ -289,20 +265,8 @@ def generated_stats(generator: Generator, extractor: FeatureExtractor, params,
                     num_samples: int, seed_start: int = 0,
                     desc: str = "FID samples") -> FeatureStats:
   """Statistics of the samples of seeds seed_start .. seed_start + num_samples - 1."""
-  b = generator.batch_size
-  stats, pending = FeatureStats.zeros(), []
-  bar = _progress(num_samples, desc)
-  for start in range(0, num_samples, b):
-    valid = min(b, num_samples - start)
-    images = generator(params, seed_start + start)
-    pending.append((*extractor.batch_sums(images, valid), valid))
-    _accumulate(stats, pending)
-    if bar is not None:
-      bar.update(valid)
-  _accumulate(stats, pending, flush=True)
-  if bar is not None:
-    bar.close()
-  return stats
+  return _statistics(extractor, lambda start: generator(params, seed_start + start), num_samples,
+                     generator.batch_size, desc)
 
 
 # ------------------------------------------------------------------ weights and references

@@ -29,14 +29,14 @@ Weights are never downloaded. `load_params(path)` reads either
 * pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (the TF weights
   converted to a PyTorch state dict; published as a release asset of
   mseitzer/pytorch-fid, "fid_weights"), with `torch.load(weights_only=True)`
-  when PyTorch is installed and otherwise with the restricted reader below,
-  which never executes code from the file; or
+  when PyTorch is installed and otherwise with jaxdiff's restricted reader
+  (`jaxdiff.weights`), which never executes code from the file; or
 * our `.npz`: the same state-dict names and shapes as numpy arrays, read with
   `np.load(allow_pickle=False)`. Make it once with
   `python -m jaxdiff.evaluation.inception --src=pt_inception-...pth --dst=inception-2015-12-05.npz`.
 
 A file with missing keys, wrong shapes, or that is truncated fails with
-`InceptionWeightsError` naming the expected format.
+`WeightsFileError` naming the expected format.
 
 `resolution` (default 299) exists only for tests: smaller inputs (>= 75) make
 the CPU test suite fast; FID computed at any other value is not comparable
@@ -44,18 +44,17 @@ with published numbers.
 """
 from __future__ import annotations
 
-import collections
 import functools
-import io
-import os
-import pickle
-import zipfile
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxdiff import weights
+from jaxdiff.errors import WeightsFileError
+from jaxdiff.resize import resize_separable, tf1_bilinear_matrix
 
 FEATURE_DIM = 2048
 RESOLUTION = 299
@@ -67,44 +66,7 @@ EXPECTED_FORMAT = (
     "`python -m jaxdiff.evaluation.inception --src=FILE.pth --dst=FILE.npz`)")
 
 
-class InceptionWeightsError(ValueError):
-  """A weights file that is not (a complete copy of) the FID InceptionV3 state dict."""
-
-
 # ------------------------------------------------------------------ resize
-
-def linear_interpolation_matrix(coords: np.ndarray, in_size: int) -> np.ndarray:
-  """[out, in] weights reading input coordinates `coords` (float, >= 0) by linear interpolation:
-  the neighbours floor(x) and min(floor(x) + 1, in - 1) get weights 1 - frac and frac."""
-  lo = np.minimum(np.floor(coords).astype(np.int64), in_size - 1)
-  hi = np.minimum(lo + 1, in_size - 1)
-  frac = coords - lo
-  m = np.zeros((len(coords), in_size), np.float64)
-  np.add.at(m, (np.arange(len(coords)), lo), 1.0 - frac)
-  np.add.at(m, (np.arange(len(coords)), hi), frac)
-  return m.astype(np.float32)
-
-
-def tf1_bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """[out, in] interpolation weights of TF1's resize_bilinear (align_corners=False, legacy).
-
-  Output index i reads input coordinate x = i * in/out.
-  """
-  coords = np.arange(out_size, dtype=np.float64) * (in_size / out_size)
-  return linear_interpolation_matrix(coords, in_size)
-
-
-def resize_separable(images: jax.Array, size: int, matrix_fn) -> jax.Array:
-  """NHWC -> [N, size, size, C] by `matrix_fn(in, out)` along H then W (exact float32 matmuls)."""
-  _, h, w, _ = images.shape
-  if (h, w) == (size, size):
-    return images
-  ry = jnp.asarray(matrix_fn(h, size))
-  rx = jnp.asarray(matrix_fn(w, size))
-  hi = jax.lax.Precision.HIGHEST
-  out = jnp.einsum("oh,nhwc->nowc", ry, images, precision=hi)
-  return jnp.einsum("pw,nowc->nopc", rx, out, precision=hi)
-
 
 def resize_tf1_bilinear(images: jax.Array, size: int) -> jax.Array:
   """NHWC float images -> NHWC [N, size, size, C], TF1 legacy bilinear (see module doc)."""
@@ -283,14 +245,8 @@ _TORCH_SUFFIX = {"kernel": "conv.weight", "scale": "bn.weight", "bias": "bn.bias
 @functools.lru_cache(maxsize=1)
 def param_shapes() -> dict[str, tuple[int, ...]]:
   """Flat 'Module.sub.leaf' -> Flax shape, from the network definition (no compute)."""
-  model = InceptionV3FID(resolution=MIN_RESOLUTION)
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                          jax.ShapeDtypeStruct((1, MIN_RESOLUTION, MIN_RESOLUTION, 3),
-                                               jnp.float32))["params"]
-  flat = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
-    flat[".".join(p.key for p in path)] = tuple(leaf.shape)
-  return flat
+  x = jax.ShapeDtypeStruct((1, MIN_RESOLUTION, MIN_RESOLUTION, 3), jnp.float32)
+  return weights.flat_shapes(InceptionV3FID(resolution=MIN_RESOLUTION).init, x)
 
 
 def torch_name(flax_name: str) -> str:
@@ -299,46 +255,28 @@ def torch_name(flax_name: str) -> str:
   return f"{module}.{_TORCH_SUFFIX[leaf]}"
 
 
-def _unflatten(flat: Mapping[str, np.ndarray]) -> dict:
-  tree: dict = {}
-  for name, value in flat.items():
-    node = tree
-    *parents, leaf = name.split(".")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return tree
+def _to_flax(name: str, value: np.ndarray) -> np.ndarray:
+  key = torch_name(name)
+  if name.endswith(".kernel"):
+    if value.ndim != 4:
+      raise weights.WrongValue(f"{key}: shape {value.shape}")
+    expected = _oihw(param_shapes()[name])
+    if tuple(value.shape) != expected:
+      raise weights.WrongValue(f"{key}: shape {tuple(value.shape)}, expected {expected}")
+    return weights.oihw_to_hwio(value).astype(np.float32)
+  if tuple(value.shape) != param_shapes()[name]:
+    raise weights.WrongValue(f"{key}: shape {tuple(value.shape)}, expected "
+                             f"{param_shapes()[name]}")
+  return value.astype(np.float32)
 
 
 def params_from_state_dict(state_dict: Mapping[str, Any], source: str = "state dict") -> dict:
   """pytorch-fid state dict (numpy arrays, torch layouts) -> Flax params; validates every key."""
-  shapes = param_shapes()
-  flat, missing, wrong = {}, [], []
-  for name, shape in shapes.items():
-    key = torch_name(name)
-    if key not in state_dict:
-      missing.append(key)
-      continue
-    value = np.asarray(state_dict[key])
-    if name.endswith(".kernel"):
-      if value.ndim != 4:
-        wrong.append(f"{key}: shape {value.shape}")
-        continue
-      value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-    if tuple(value.shape) != shape:
-      wrong.append(f"{key}: shape {tuple(value.shape)}, expected "
-                   f"{shape if not name.endswith('.kernel') else _oihw(shape)}")
-      continue
-    flat[name] = value.astype(np.float32)
-  if missing or wrong:
-    detail = []
-    if missing:
-      detail.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-    if wrong:
-      detail.append(f"{len(wrong)} wrong shapes (e.g. {'; '.join(wrong[:3])})")
-    raise InceptionWeightsError(f"{source} is not the FID InceptionV3: {'; '.join(detail)}. "
-                                f"Expected {EXPECTED_FORMAT}.")
-  return _unflatten(flat)
+  params, problems = weights.check_state_dict(state_dict, param_shapes(), torch_name, _to_flax)
+  if problems:
+    raise WeightsFileError(f"{source} is not the FID InceptionV3: {'; '.join(problems)}. "
+                           f"Expected {EXPECTED_FORMAT}.")
+  return params
 
 
 def _oihw(hwio: tuple[int, ...]) -> tuple[int, ...]:
@@ -348,12 +286,9 @@ def _oihw(hwio: tuple[int, ...]) -> tuple[int, ...]:
 def state_dict_from_params(params) -> dict[str, np.ndarray]:
   """Flax params -> pytorch-fid state dict (numpy, torch layouts): the inverse of the above."""
   out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    name = ".".join(p.key for p in path)
+  for name, leaf in weights.flatten(params).items():
     value = np.asarray(leaf)
-    if name.endswith(".kernel"):
-      value = value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
-    out[torch_name(name)] = value
+    out[torch_name(name)] = weights.hwio_to_oihw(value) if name.endswith(".kernel") else value
   return out
 
 
@@ -370,214 +305,23 @@ def random_params(seed: int = 0) -> dict:
       flat[name] = np.ones(shape, np.float32)
     else:
       flat[name] = np.zeros(shape, np.float32)
-  return _unflatten(flat)
+  return weights.unflatten(flat)
 
 
 # ------------------------------------------------------------------ files
 
 def save_npz(path: str, state_dict: Mapping[str, np.ndarray]) -> None:
-  arrays = {k: np.asarray(v) for k, v in state_dict.items()}
-  arrays["__format__"] = np.asarray(NPZ_FORMAT)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  weights.save_npz(path, state_dict, NPZ_FORMAT)
 
 
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
   """A state dict from `.npz` or a PyTorch `.pth`, never executing code from the file."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"Inception weights file not found: {path}. Expected "
-                            f"{EXPECTED_FORMAT}.")
-  try:
-    if path.endswith(".npz"):
-      with np.load(path, allow_pickle=False) as data:
-        out = {k: data[k] for k in data.files if k != "__format__"}
-    else:
-      out = _load_torch(path)
-  except InceptionWeightsError:
-    raise
-  except Exception as e:  # noqa: BLE001 - any read failure means "not this format"
-    raise InceptionWeightsError(
-        f"{path} could not be read ({type(e).__name__}: {str(e)[:200]}); it may be truncated "
-        f"or of another format. Expected {EXPECTED_FORMAT}.") from e
-  if not isinstance(out, Mapping) or not out:
-    raise InceptionWeightsError(f"{path} holds no state dict. Expected {EXPECTED_FORMAT}.")
-  return dict(out)
+  return weights.load_state_dict(path, what="Inception weights file", expected=EXPECTED_FORMAT)
 
 
 def load_params(path: str) -> dict:
   """Flax params of the FID InceptionV3 from a `.pth` or `.npz` file (see module doc)."""
   return params_from_state_dict(load_state_dict(path), source=path)
-
-
-def _load_torch(path: str) -> dict[str, np.ndarray]:
-  try:
-    import torch
-  except ImportError:
-    return read_torch_state_dict(path)
-  # weights_only=True: tensors and containers only; refuses any other pickled object.
-  sd = torch.load(path, map_location="cpu", weights_only=True)
-  if not isinstance(sd, Mapping):
-    raise InceptionWeightsError(f"{path} holds a {type(sd).__name__}, not a state dict.")
-  return {k: v.detach().cpu().float().numpy() if v.is_floating_point() else v.cpu().numpy()
-          for k, v in sd.items()}
-
-
-# ------------------------------------------------------------------ torch-free .pth reader
-
-_STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
-    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
-}
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-
-
-class _StorageType:
-  def __init__(self, name: str):
-    if name not in _STORAGE_DTYPES:
-      raise InceptionWeightsError(f"unsupported tensor storage torch.{name}")
-    self.dtype = np.dtype(_STORAGE_DTYPES[name])
-
-
-class _Storage:
-  """A flat buffer filled from the file (possibly after unpickling, for the legacy format)."""
-
-  def __init__(self, dtype: np.dtype, numel: int):
-    self.dtype, self.numel, self.data = dtype, int(numel), None
-
-
-class _LazyTensor:
-  def __init__(self, storage: _Storage, offset: int, size, stride):
-    self.storage, self.offset, self.size, self.stride = storage, int(offset), tuple(size), tuple(
-        stride)
-
-  def materialise(self) -> np.ndarray:
-    data = self.storage.data
-    if data is None:
-      raise InceptionWeightsError("a tensor's storage was never read (truncated file?)")
-    if all(self.size):
-      last = self.offset + sum((n - 1) * st for n, st in zip(self.size, self.stride))
-      if last >= len(data):
-        raise InceptionWeightsError("a tensor reaches past its storage (truncated file?)")
-    item = data.dtype.itemsize
-    return np.lib.stride_tricks.as_strided(
-        data[self.offset:], shape=self.size, strides=[s * item for s in self.stride]).copy()
-
-
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
-                       backward_hooks=None, metadata=None):
-  del requires_grad, backward_hooks, metadata
-  return _LazyTensor(storage, storage_offset, size, stride)
-
-
-def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
-  del requires_grad, backward_hooks
-  return data
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-  """Resolves only the few globals a state dict needs; anything else is refused, not run."""
-
-  _ALLOWED: dict[tuple[str, str], Callable] = {
-      ("collections", "OrderedDict"): collections.OrderedDict,
-      ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-      ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-  }
-
-  def __init__(self, file, load_storage: Callable):
-    super().__init__(file)
-    self._load_storage = load_storage
-
-  def find_class(self, module, name):
-    if (module, name) in self._ALLOWED:
-      return self._ALLOWED[(module, name)]
-    if module == "torch" and name in _STORAGE_DTYPES:
-      return _StorageType(name)
-    raise InceptionWeightsError(f"refusing to load the global {module}.{name} from a weights "
-                                "file (only tensors and dicts are allowed)")
-
-  def persistent_load(self, pid):
-    return self._load_storage(pid)
-
-
-def _materialise(obj):
-  if isinstance(obj, _LazyTensor):
-    return obj.materialise()
-  if isinstance(obj, Mapping):
-    return {k: _materialise(v) for k, v in obj.items()}
-  return obj
-
-
-def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
-  """A PyTorch state dict (zip format of torch >= 1.6, or the legacy format) without torch.
-
-  Only `OrderedDict`, tensor rebuild functions and storage types are
-  resolved while unpickling; any other global raises, so no code from the
-  file runs (the same policy as `torch.load(weights_only=True)`).
-  """
-  if zipfile.is_zipfile(path):
-    with zipfile.ZipFile(path) as zf:
-      pkl = [n for n in zf.namelist() if n.endswith("data.pkl")]
-      if len(pkl) != 1:
-        raise InceptionWeightsError(f"{path} is a zip without one data.pkl")
-      prefix = pkl[0][:-len("data.pkl")]
-      byteorder = "little"
-      if prefix + "byteorder" in zf.namelist():
-        byteorder = zf.read(prefix + "byteorder").decode().strip()
-      storages: dict[str, _Storage] = {}
-
-      def load_storage(pid):
-        kind, storage_type, key, _location, numel = pid[:5]
-        if kind != "storage" or not isinstance(storage_type, _StorageType):
-          raise InceptionWeightsError(f"unexpected persistent id {pid!r}")
-        if key not in storages:
-          dtype = storage_type.dtype.newbyteorder("<" if byteorder == "little" else ">")
-          raw = zf.read(f"{prefix}data/{key}")
-          if len(raw) != int(numel) * dtype.itemsize:
-            raise InceptionWeightsError(f"storage {key} holds {len(raw)} bytes, expected "
-                                        f"{int(numel) * dtype.itemsize} (truncated file?)")
-          storage = _Storage(dtype, numel)
-          storage.data = np.frombuffer(raw, dtype).astype(dtype.newbyteorder("="))
-          storages[key] = storage
-        return storages[key]
-
-      obj = _RestrictedUnpickler(io.BytesIO(zf.read(pkl[0])), load_storage).load()
-      return _materialise(obj)
-
-  with open(path, "rb") as f:
-    storages = {}
-
-    def load_legacy(pid):
-      kind, storage_type, key, _location, numel = pid[:5]
-      view = pid[5] if len(pid) > 5 else None
-      if kind != "storage" or not isinstance(storage_type, _StorageType) or view is not None:
-        raise InceptionWeightsError(f"unsupported persistent id {pid!r}")
-      if key not in storages:
-        storages[key] = _Storage(storage_type.dtype, numel)
-      return storages[key]
-
-    def plain_load():
-      return _RestrictedUnpickler(f, load_legacy).load()
-
-    magic = plain_load()
-    if magic != _LEGACY_MAGIC:
-      raise InceptionWeightsError(f"{path} is neither a zip nor a legacy PyTorch file")
-    plain_load()  # protocol version
-    plain_load()  # sys info
-    obj = plain_load()
-    keys = plain_load()
-    for key in keys:
-      storage = storages[key]
-      count = np.frombuffer(f.read(8), "<i8")
-      if count.size != 1 or int(count[0]) != storage.numel:
-        raise InceptionWeightsError(f"storage {key}: bad element count (truncated file?)")
-      nbytes = storage.numel * storage.dtype.itemsize
-      raw = f.read(nbytes)
-      if len(raw) != nbytes:
-        raise InceptionWeightsError(f"storage {key} is cut short (truncated file?)")
-      storage.data = np.frombuffer(raw, storage.dtype.newbyteorder("<")).astype(storage.dtype)
-    return _materialise(obj)
 
 
 # ------------------------------------------------------------------ CLI: .pth -> .npz

@@ -50,3 +50,12 @@ def quality_figure(config, samples: np.ndarray) -> tuple[str, float]:
 
 def _name(config) -> str:
   return {"toy2d": "sliced_w2", "digits": "digits_fid"}.get(config.data.name, "none")
+
+
+def reference_description(config) -> str:
+  """What the built-in quality figure compares the samples with."""
+  if config.data.name == "digits":
+    return "the 1797 scikit-learn digits (digits-classifier features)"
+  if config.data.name == "toy2d":
+    return f"fresh {config.data.toy2d_distribution} draws"
+  return "none"

@@ -1,7 +1,8 @@
 """ACT's time-conditioned discriminator: the encoder half of a UNet, one logit per image.
 
 Kong et al. 2024 (arXiv 2311.14097), official code kong13661/ACT
-``models/discriminator_cifar10.py`` / ``discriminator_imagenet.py`` (spec §5.2): the down
+``models/discriminator_cifar10.py`` / ``discriminator_imagenet.py``
+(docs/act.md#architectures): the down
 path of the generator's UNet (input conv, residual blocks that receive the noise-level
 embedding and, for labelled data, the class embedding, downsampling between levels,
 attention at chosen resolutions), a middle block with attention, then

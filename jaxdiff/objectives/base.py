@@ -1,11 +1,25 @@
-"""The contract every training objective fulfils.
+"""The contract every training objective fulfils: how a method plugs into jaxdiff.
 
-An objective is a pure loss of the parameters plus whatever state it carries
-between steps (a teacher EMA, a discriminator, ...). The trainer owns the
-optimizer, the parameter EMA, sharding and checkpoints; the objective owns the
-math. Noise levels come from a `NoiseSampler` handed in at construction, which
-is how the difficulty curriculum plugs into every objective without touching it:
-a curriculum stage is just a sampler restricted to some noise clusters.
+A method is one class registered under its name (`objectives.registry`). The
+class owns everything about its method, and the trainer, the samplers and the
+config code never name a method:
+
+  config      `config_sections()` the defaults of the config keys it owns,
+              `validate_config(config, num_devices)` their checks,
+              `noise_sampler(config)` its training noise-level distribution,
+              `pretrain_config(config)` a run to train first (ECT's EDM phase);
+  training    `loss`, `init_aux` / `after_update` for state it carries between
+              steps (a teacher EMA, a discriminator), `reference_draws` for extra
+              data it needs each step, `step_variants` for static variants of the
+              update (one compiled executable each);
+  sampling    `sample(params, latents, labels, key, sample_config)`, the weights it
+              samples with (`sampling_params`) and whether it draws noise.
+
+The trainer owns the optimizer, the parameter EMA, sharding and checkpoints.
+Noise levels come from a `NoiseSampler` handed in at construction, which is how
+the difficulty curriculum plugs into every objective without touching it: a
+curriculum stage is the same objective with its sampler restricted to some
+noise clusters (`NoiseSampler.restrict`).
 """
 from __future__ import annotations
 
@@ -14,37 +28,95 @@ from typing import Any, Callable, Protocol
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 
 PyTree = Any
 Metrics = dict[str, jax.Array]
 
 
+# ------------------------------------------------------------------ noise levels
+
 class NoiseSampler(Protocol):
-  """Draws training noise levels; must be hashable so it can key a jit cache."""
+  """Draws training noise levels. Hashable: a stage's sampler keys its compiled step.
+
+  What the curriculum and the objectives may read from a sampler is exactly
+  this interface:
+
+    mask             the enabled curriculum clusters (cluster 0 = lowest noise), or
+                     None for the whole distribution;
+    cluster_kinds    the `curriculum.kind` values it can be clustered by;
+    description      what it is, for messages;
+    restrict(mask)   the same distribution restricted to `mask`'s clusters;
+    quantiles(q)     noise levels at probabilities q (float64 numpy; loss buckets);
+    in_enabled_clusters(sigma)
+                     whether given noise levels fall in enabled clusters (objectives
+                     on a fixed grid of noise levels, CT/iCT/ACT, mask their grid).
+  """
+  mask: tuple[bool, ...] | None
+  cluster_kinds: tuple[str, ...]
+  description: str
 
   def __call__(self, key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    ...
+
+  def restrict(self, mask: tuple[bool, ...] | None) -> "NoiseSampler":
+    ...
+
+  def quantiles(self, q: np.ndarray) -> np.ndarray:
+    ...
+
+  def in_enabled_clusters(self, sigma: jax.Array) -> jax.Array:
     ...
 
 
 @dataclasses.dataclass(frozen=True)
 class LognormalSampler:
-  """EDM's ln(sigma) ~ N(p_mean, p_std^2), optionally truncated to quantile intervals.
+  """EDM's ln(sigma) ~ N(p_mean, p_std^2), optionally truncated to curriculum clusters.
 
-  `intervals` is a tuple of (lo, hi) quantile ranges (the active curriculum
-  clusters); None means the whole distribution, drawn exactly as the baseline.
+  The clusters are the distribution's equal-probability quantile intervals
+  (docs/curriculum.md); within the enabled ones sigma is drawn exactly (inverse
+  CDF), and with every cluster enabled exactly as the untruncated baseline.
+  `p_mean` and `p_std` are part of the interface: objectives that discretise
+  this distribution on a grid (iCT) read them.
   """
   p_mean: float = -1.2
   p_std: float = 1.2
   mask: tuple[bool, ...] | None = None
 
+  cluster_kinds = ("lognormal",)
+  description = ("EDM's continuous lognormal sampler (config.objective.p_mean/p_std), whose "
+                 "curriculum clusters are its equal-probability quantiles, the continuous "
+                 "counterpart of uniform timestep intervals (each cluster carries mass 1/N)")
+
+  @property
+  def restricted(self) -> bool:
+    return self.mask is not None and not all(self.mask)
+
   def __call__(self, key, shape, dtype=jnp.float32):
-    if self.mask is None or all(self.mask):
+    if not self.restricted:
       from jaxdiff.diffusion import noise
       return noise.lognormal_sigma(key, shape, self.p_mean, self.p_std, dtype=dtype)
     from jaxdiff.curriculum import clusters
     return clusters.sample_sigma_in_mask(key, shape, self.mask, self.p_mean, self.p_std,
                                          dtype=dtype)
 
+  def restrict(self, mask):
+    return dataclasses.replace(self, mask=None if mask is None else tuple(mask))
+
+  def quantiles(self, q):
+    from scipy.special import ndtri
+    return np.exp(self.p_mean + self.p_std * ndtri(np.asarray(q, np.float64)))
+
+  def in_enabled_clusters(self, sigma):
+    if not self.restricted:
+      return jnp.ones(jnp.shape(sigma), bool)
+    from jaxdiff.curriculum import clusters
+    edges = clusters.cluster_edges(len(self.mask), "lognormal", self.p_mean, self.p_std)
+    return jnp.asarray(self.mask)[clusters.cluster_index(sigma, edges)]
+
+
+# ------------------------------------------------------------------ the network
 
 # apply_fn(params, x_in, c_noise, class_labels, augment_labels, train, dropout_key) -> F(x)
 ApplyFn = Callable[..., jax.Array]
@@ -62,22 +134,68 @@ def make_apply_fn(model) -> ApplyFn:
   return apply_fn
 
 
+# ------------------------------------------------------------------ the contract
+
 class Objective:
-  """Base class: override `loss`; override the aux hooks if the method has state."""
+  """Base class of every method; see the module docstring for the contract."""
 
-  # Which sampler turns this objective's network into samples: "edm" (PF-ODE
-  # Heun on a denoiser) or "consistency" (one or few network calls).
-  sampler_kind = "edm"
+  name: str = ""  # set by `registry.register`
 
-  # The device mesh the train step runs on (set by `make_objective`; None when
-  # used without one). Objectives whose math spans the batch axes (STF's
-  # reference sets) shard_map over it.
+  # The device mesh the train step runs on (None when used without one).
+  # Objectives whose math spans the batch axes (STF's reference sets) shard_map
+  # over it.
   mesh = None
 
-  # Extra data examples per step the pipeline must draw for this objective,
-  # over all processes; they arrive as batch["reference"] (and
-  # batch["reference_label"]). 0: none.
+  # Extra data examples per step the pipeline must draw for this objective, over
+  # all processes; they arrive as batch["reference"] (and batch["reference_label"]).
   reference_draws = 0
+
+  # Static variants of the update, one compiled executable each (ACT: the plain
+  # step and the lazy-R1 step). The trainer asks `variant_for_step` on the host,
+  # from the step number only, so every host and a resumed run pick the same one.
+  step_variants: tuple = (None,)
+
+  # Whether `sample` draws fresh noise from its key (then FID runs it per image, so
+  # that every image is a function of its own seed).
+  sampler_draws_noise = False
+
+  # {section: {key: default}}: the config keys this class adds; a subclass adds its own
+  # to its parents' (`config_sections`). A section may be shared by several methods.
+  config_keys: dict[str, dict[str, Any]] = {}
+
+  # ---------------------------------------------------------------- config
+
+  @classmethod
+  def config_sections(cls) -> dict[str, dict[str, Any]]:
+    """{section: {key: default}} of every config key this method reads: its own and its
+    parents' `config_keys` (merged into `base_config()`)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for klass in reversed(cls.__mro__):
+      for section, keys in vars(klass).get("config_keys", {}).items():
+        merged.setdefault(section, {}).update(keys)
+    return merged
+
+  @classmethod
+  def validate_config(cls, config: ml_collections.ConfigDict,
+                      num_devices: int | None = None) -> None:
+    """Raises `ConfigError` naming the key, the value and the fix."""
+
+  @classmethod
+  def noise_sampler(cls, config) -> NoiseSampler:
+    """The training distribution of noise levels (the whole of it: no curriculum)."""
+    return LognormalSampler(float(config.objective.p_mean), float(config.objective.p_std))
+
+  @classmethod
+  def pretrain_config(cls, config) -> ml_collections.ConfigDict | None:
+    """A run to train first, whose weights start this one (see `init_from`); None: none."""
+    return None
+
+  @classmethod
+  def from_config(cls, config, apply_fn: ApplyFn, example_shape, noise_sampler: NoiseSampler,
+                  mesh=None) -> "Objective":
+    raise NotImplementedError
+
+  # ---------------------------------------------------------------- training
 
   def init_aux(self, params: PyTree) -> PyTree:
     return {}
@@ -91,14 +209,6 @@ class Objective:
     """
     raise NotImplementedError
 
-  def update_aux(self, aux: PyTree, params: PyTree, step: jax.Array) -> PyTree:
-    return aux
-
-  # Static variants of the update, one compiled executable each (ACT: the plain step
-  # and the lazy-R1 step). The trainer asks `variant_for_step` on the host, from the
-  # step number only, so every host and a resumed run pick the same variant.
-  step_variants: tuple = (None,)
-
   def variant_for_step(self, step: int):
     return None
 
@@ -106,14 +216,20 @@ class Objective:
                    step: jax.Array, variant=None) -> tuple[PyTree, Metrics]:
     """The objective's own update after the parameter update: (new aux, metrics).
 
-    `params` are the freshly updated parameters. The default is `update_aux`
-    (a teacher EMA, ...); a second player (ACT's discriminator step) overrides
-    this, with the batch and a key of its own.
+    `params` are the freshly updated parameters; a teacher EMA or a second
+    player (ACT's discriminator step) updates here.
     """
-    return self.update_aux(aux, params, step), {}
+    return aux, {}
 
-  def denoiser(self, params: PyTree, class_labels=None) -> Callable:
-    """x, sigma -> the function the sampler calls (D for edm, f for consistency)."""
+  # ---------------------------------------------------------------- sampling
+
+  def sampling_params(self, params: PyTree, aux: PyTree) -> PyTree:
+    """What `sample` gets from (the trainer's EMA or raw weights, the objective's state)."""
+    return params
+
+  def sample(self, params: PyTree, latents: jax.Array, labels: jax.Array | None,
+             key: jax.Array, sample_config) -> jax.Array:
+    """Images from standard normal `latents` [B, ...] and one-hot `labels` [B, C] (or None)."""
     raise NotImplementedError
 
 
@@ -125,3 +241,8 @@ def one_hot_labels(batch: dict, num_classes: int, dtype=jnp.float32):
   if not num_classes or "label" not in batch:
     return None
   return jax.nn.one_hot(batch["label"], num_classes, dtype=dtype)
+
+
+def expand_to(a: jax.Array, x: jax.Array) -> jax.Array:
+  """A per-sample [B] array shaped to broadcast against x [B, ...], in x's dtype."""
+  return a.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)

@@ -1,20 +1,22 @@
-"""EDM denoising score matching (Karras et al. 2022), spec §1.3.
+"""EDM denoising score matching (Karras et al. 2022, arXiv 2206.00364; docs/edm.md).
 
 ln sigma ~ N(P_mean, P_std^2); loss lambda(sigma) * ||D(y + sigma n; sigma) - y||^2
 with lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2, summed over pixels
-and averaged over the batch, as EDM's training loop does.
+and averaged over the batch, as EDM's training loop does. Samples come from EDM's
+Heun sampler on the preconditioned denoiser D.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from jaxdiff import diffusion
+from jaxdiff import diffusion, sampling
 from jaxdiff.objectives import base
+from jaxdiff.objectives.registry import register
 
 
+@register("edm")
 class EDMObjective(base.Objective):
-  sampler_kind = "edm"
 
   def __init__(self, apply_fn: base.ApplyFn, noise_sampler: base.NoiseSampler,
                sigma_data: float = 0.5, num_classes: int = 0):
@@ -22,6 +24,11 @@ class EDMObjective(base.Objective):
     self.noise_sampler = noise_sampler
     self.sigma_data = sigma_data
     self.num_classes = num_classes
+
+  @classmethod
+  def from_config(cls, config, apply_fn, example_shape, noise_sampler, mesh=None):
+    return cls(apply_fn, noise_sampler, sigma_data=config.objective.sigma_data,
+               num_classes=config.data.num_classes)
 
   def denoise(self, params, x, sigma, class_labels=None, train=False, dropout_key=None):
     return diffusion.denoise(self.apply_fn, params, x, sigma, sigma_data=self.sigma_data,
@@ -36,8 +43,7 @@ class EDMObjective(base.Objective):
     k_sigma, k_noise, k_drop, k_target = jax.random.split(key, 4)
     sigma = self.noise_sampler(k_sigma, (y.shape[0],), y.dtype)
     noise = jax.random.normal(k_noise, y.shape, y.dtype)
-    sigma_b = sigma.reshape((-1,) + (1,) * (y.ndim - 1))
-    x_noisy = y + sigma_b * noise
+    x_noisy = y + base.expand_to(sigma, y) * noise
     labels = base.one_hot_labels(batch, self.num_classes, y.dtype)
     target = jax.lax.stop_gradient(self.target(x_noisy, sigma, batch, aux, k_target))
     denoised = self.denoise(params, x_noisy, sigma, labels, train=True, dropout_key=k_drop)
@@ -47,6 +53,12 @@ class EDMObjective(base.Objective):
     return loss, {"per_sample_loss": per_sample, "sigma": sigma}
 
   def denoiser(self, params, class_labels=None):
+    """x, sigma -> D(x; sigma), the function EDM's sampler integrates."""
     def fn(x, sigma):
       return self.denoise(params, x, sigma, class_labels)
     return fn
+
+  def sample(self, params, latents, labels, key, sample_config):
+    s = sample_config
+    return sampling.edm_sampler(self.denoiser(params, labels), latents, num_steps=s.num_steps,
+                                sigma_min=s.sigma_min, sigma_max=s.sigma_max, rho=s.rho)

@@ -45,18 +45,17 @@ and convert them once into one `.npz`:
 
 then train with `--config.consistency.metric=lpips
 --config.consistency.lpips_weights=lpips_vgg.npz`. The `.pth` files are read by
-`jaxdiff.evaluation.inception.read_torch_state_dict`, which never executes code
-from a file; the `.npz` holds the same state-dict names and shapes as numpy
-arrays and is read with `np.load(allow_pickle=False)`. A missing file, missing
-keys, wrong shapes, negative linear heads or a truncated file raise
-`LPIPSWeightsError` naming the expected format and the converter command.
+`jaxdiff.weights`, which never executes code from a file; the `.npz` holds the
+same state-dict names and shapes as numpy arrays and is read with
+`np.load(allow_pickle=False)`. A missing file, missing keys, wrong shapes,
+negative linear heads or a truncated file raise `WeightsFileError` naming the
+expected format and the converter command.
 
 `random_params()` gives random weights of the right shapes, for tests only.
 """
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -64,7 +63,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.evaluation import inception
+from jaxdiff import weights
+from jaxdiff.errors import WeightsFileError
+from jaxdiff.resize import resize_separable, torch_bilinear_matrix
 
 NPZ_FORMAT = "jaxdiff-lpips-vgg16-v0.1-v1"
 RESOLUTION = 224          # CT and ACT upsample to 224 x 224 before LPIPS
@@ -90,25 +91,11 @@ EXPECTED_FORMAT = (
     f"`{CONVERT_COMMAND}`")
 
 
-class LPIPSWeightsError(ValueError):
-  """A weights file that is not (a complete copy of) LPIPS-VGG16 v0.1."""
-
-
 # ------------------------------------------------------------------ resize
-
-def torch_bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """[out, in] weights of `F.interpolate(mode='bilinear', align_corners=False)` along one axis.
-
-  Output index i reads input coordinate x = max((i + 0.5) * in/out - 0.5, 0).
-  """
-  coords = np.maximum((np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5,
-                      0.0)
-  return inception.linear_interpolation_matrix(coords, in_size)
-
 
 def resize_bilinear(images: jax.Array, size: int) -> jax.Array:
   """NHWC -> [N, size, size, C], PyTorch's bilinear (align_corners=False, no antialias)."""
-  return inception.resize_separable(images, size, torch_bilinear_matrix)
+  return resize_separable(images, size, torch_bilinear_matrix)
 
 
 # ------------------------------------------------------------------ network
@@ -202,14 +189,8 @@ def _conv_names() -> list[str]:
 @functools.lru_cache(maxsize=1)
 def param_shapes() -> dict[str, tuple[int, ...]]:
   """Flat 'vgg.conv1_1.kernel' / 'lin0' -> Flax shape, from the network definition (no compute)."""
-  n = MIN_RESOLUTION
-  shapes = jax.eval_shape(LPIPS(resize=None).init, jax.random.PRNGKey(0),
-                          jax.ShapeDtypeStruct((1, n, n, 3), jnp.float32),
-                          jax.ShapeDtypeStruct((1, n, n, 3), jnp.float32))["params"]
-  flat = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
-    flat[".".join(p.key for p in path)] = tuple(leaf.shape)
-  return flat
+  x = jax.ShapeDtypeStruct((1, MIN_RESOLUTION, MIN_RESOLUTION, 3), jnp.float32)
+  return weights.flat_shapes(LPIPS(resize=None).init, x, x)
 
 
 def torch_name(flax_name: str) -> str:
@@ -229,62 +210,41 @@ def torch_shape(flax_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
   return shape
 
 
-def _unflatten(flat: Mapping[str, np.ndarray]) -> dict:
-  tree: dict = {}
-  for name, value in flat.items():
-    node = tree
-    *parents, leaf = name.split(".")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return tree
+def _to_flax(name: str, value: np.ndarray) -> np.ndarray:
+  shape = param_shapes()[name]
+  expected = torch_shape(name, shape)
+  if tuple(value.shape) != expected or not np.issubdtype(value.dtype, np.floating):
+    raise weights.WrongValue(f"{torch_name(name)}: {value.dtype} {tuple(value.shape)}, "
+                             f"expected float {expected}")
+  value = value.astype(np.float32)
+  if name.startswith("lin"):
+    return value.reshape(shape)
+  return weights.oihw_to_hwio(value) if name.endswith(".kernel") else value
 
 
 def params_from_state_dict(state_dict: Mapping[str, Any], source: str = "state dict") -> dict:
   """torchvision VGG16 + lpips head state dict (numpy, torch layouts) -> Flax params (validated)."""
-  flat, missing, wrong, negative = {}, [], [], []
-  for name, shape in param_shapes().items():
-    key = torch_name(name)
-    if key not in state_dict:
-      missing.append(key)
-      continue
-    value = np.asarray(state_dict[key])
-    expected = torch_shape(name, shape)
-    if tuple(value.shape) != expected or not np.issubdtype(value.dtype, np.floating):
-      wrong.append(f"{key}: {value.dtype} {tuple(value.shape)}, expected float {expected}")
-      continue
-    value = value.astype(np.float32)
-    if name.startswith("lin"):
-      value = value.reshape(shape)
-      if np.any(value < 0):
-        negative.append(key)
-    elif name.endswith(".kernel"):
-      value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-    flat[name] = value
-  if missing or wrong or negative:
-    detail = []
-    if missing:
-      detail.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-    if wrong:
-      detail.append(f"{len(wrong)} wrong shapes (e.g. {'; '.join(wrong[:3])})")
-    if negative:
-      detail.append(f"negative linear-head weights in {', '.join(negative)} (LPIPS' heads are "
+  params, problems = weights.check_state_dict(state_dict, param_shapes(), torch_name, _to_flax)
+  negative = [torch_name(name) for name, value in weights.flatten(params).items()
+              if name.startswith("lin") and np.any(value < 0)]
+  if negative:
+    problems.append(f"negative linear-head weights in {', '.join(negative)} (LPIPS' heads are "
                     "non-negative)")
-    raise LPIPSWeightsError(f"{source} is not LPIPS-VGG16 v0.1: {'; '.join(detail)}. "
-                            f"Expected {EXPECTED_FORMAT}.")
-  return _unflatten(flat)
+  if problems:
+    raise WeightsFileError(f"{source} is not LPIPS-VGG16 v0.1: {'; '.join(problems)}. "
+                           f"Expected {EXPECTED_FORMAT}.")
+  return params
 
 
 def state_dict_from_params(params) -> dict[str, np.ndarray]:
   """Flax params -> the combined torch state dict (numpy): the inverse of the above."""
   out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    name = ".".join(p.key for p in path)
+  for name, leaf in weights.flatten(params).items():
     value = np.asarray(leaf, np.float32)
     if name.startswith("lin"):
       value = value.reshape(torch_shape(name, value.shape))
     elif name.endswith(".kernel"):
-      value = value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+      value = weights.hwio_to_oihw(value)
     out[torch_name(name)] = value
   return out
 
@@ -301,41 +261,19 @@ def random_params(seed: int = 0) -> dict:
       flat[name] = (rng.standard_normal(shape, np.float32) * np.float32(np.sqrt(2.0 / fan_in)))
     else:
       flat[name] = (0.01 * rng.standard_normal(shape)).astype(np.float32)
-  return _unflatten(flat)
+  return weights.unflatten(flat)
 
 
 # ------------------------------------------------------------------ files
 
 def save_npz(path: str, state_dict: Mapping[str, np.ndarray]) -> None:
-  arrays = {k: np.asarray(v) for k, v in state_dict.items()}
-  arrays["__format__"] = np.asarray(NPZ_FORMAT)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  weights.save_npz(path, state_dict, NPZ_FORMAT)
 
 
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
   """The combined state dict from our `.npz` (never unpickles)."""
-  if not os.path.exists(path):
-    raise LPIPSWeightsError(f"LPIPS weights file not found: {path}. jaxdiff never downloads "
-                            f"weights; expected {EXPECTED_FORMAT}.")
-  if not path.endswith(".npz"):
-    raise LPIPSWeightsError(f"{path} is not a .npz; LPIPS weights are loaded from the "
-                            f"converter's .npz only. Expected {EXPECTED_FORMAT}.")
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      out = {k: data[k] for k in data.files}
-  except Exception as e:  # noqa: BLE001 - any read failure means "not this format"
-    raise LPIPSWeightsError(
-        f"{path} could not be read ({type(e).__name__}: {str(e)[:200]}); it may be truncated "
-        f"or of another format. Expected {EXPECTED_FORMAT}.") from e
-  fmt = out.pop("__format__", None)
-  if fmt is not None and str(fmt) != NPZ_FORMAT:
-    raise LPIPSWeightsError(f"{path} is a {str(fmt)!r} file, not {NPZ_FORMAT!r}. Expected "
-                            f"{EXPECTED_FORMAT}.")
-  if not out:
-    raise LPIPSWeightsError(f"{path} holds no arrays. Expected {EXPECTED_FORMAT}.")
-  return out
+  return weights.load_state_dict(path, what="LPIPS weights", expected=EXPECTED_FORMAT,
+                                 npz_format=NPZ_FORMAT, allow_pth=False)
 
 
 def load_params(path: str) -> dict:
@@ -344,18 +282,10 @@ def load_params(path: str) -> dict:
 
 
 def _read_pth(path: str, what: str) -> dict[str, np.ndarray]:
-  if not os.path.exists(path):
-    raise LPIPSWeightsError(f"{what} not found: {path}. Expected {EXPECTED_FORMAT}.")
   try:
-    sd = inception.read_torch_state_dict(path)
-  except Exception as e:  # noqa: BLE001 - any read failure means "not this format"
-    raise LPIPSWeightsError(
-        f"{path} ({what}) could not be read as a PyTorch state dict ({type(e).__name__}: "
-        f"{str(e)[:200]}); it may be truncated or of another format. Expected "
-        f"{EXPECTED_FORMAT}.") from e
-  if not isinstance(sd, Mapping) or not sd:
-    raise LPIPSWeightsError(f"{path} ({what}) holds no state dict. Expected {EXPECTED_FORMAT}.")
-  return {k: np.asarray(v) for k, v in sd.items() if isinstance(v, np.ndarray)}
+    return weights.load_state_dict(path, what=what, expected=EXPECTED_FORMAT)
+  except WeightsFileError as e:
+    raise WeightsFileError(f"{path} ({what}): {e}") from e
 
 
 def convert(vgg_path: str, lin_path: str, out_path: str) -> dict[str, np.ndarray]:

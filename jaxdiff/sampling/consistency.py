@@ -2,7 +2,7 @@
 
 x = f(latents * sigma_0, sigma_0); then for each later sigma_k:
 x = f(x + sigma_k z_k, sigma_k), z_k ~ N(0, I). This is the ECT convention
-(spec section 2.3, locuslab/ect): noise std sigma_k rather than the CM paper's
+(docs/ect.md, locuslab/ect): noise std sigma_k rather than the CM paper's
 sqrt(sigma_k^2 - sigma_min^2); they differ by 3e-6 relative at sigma = 0.821.
 One step: `sigmas=[80.0]`; ECT / iCT two-step on CIFAR-10: `[80.0, 0.821]`.
 """

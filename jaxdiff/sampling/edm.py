@@ -43,6 +43,23 @@ def _churn_enabled(s_churn) -> bool:
     return True
 
 
+def _churn(x, t_cur, key, s_churn, num_steps, s_min, s_max, s_noise):
+  """EDM's stochastic churn: raise t_cur to t_hat = (1 + gamma) t_cur with fresh noise of std
+  sqrt(t_hat^2 - t_cur^2) * S_noise, gamma = min(S_churn/N, sqrt(2) - 1) inside [S_min, S_max]."""
+  dtype = x.dtype
+  max_gamma = jnp.asarray(math.sqrt(2.0) - 1.0, dtype)
+  gamma = jnp.where((s_min <= t_cur) & (t_cur <= s_max),
+                    jnp.minimum(jnp.asarray(s_churn, dtype) / num_steps, max_gamma),
+                    jnp.zeros((), dtype))
+  t_hat = t_cur + gamma * t_cur
+  noise = jax.random.normal(key, x.shape, dtype)
+  # sqrt(t_hat^2 - t_cur^2) written as t_cur sqrt(gamma (2 + gamma)): under
+  # jit, XLA may contract the difference of squares into an FMA, whose
+  # rounding residual at gamma = 0 is +-1e-16 t^2 (NaN or 1e-8 t noise).
+  noise_std = t_cur * jnp.sqrt(gamma * (2 + gamma))
+  return x + noise_std * s_noise * noise, t_hat
+
+
 def edm_sampler(denoise_fn: DenoiseFn,
                 latents,
                 num_steps: int = 18,
@@ -83,26 +100,12 @@ def edm_sampler(denoise_fn: DenoiseFn,
   def denoise(x, t):
     return denoise_fn(x, jnp.full((batch,), t, dtype)).astype(dtype)
 
-  def add_churn(i, x, t_cur):
-    if not use_churn:
-      return x, t_cur
-    max_gamma = jnp.asarray(math.sqrt(2.0) - 1.0, dtype)
-    gamma = jnp.where((s_min <= t_cur) & (t_cur <= s_max),
-                      jnp.minimum(jnp.asarray(s_churn, dtype) / num_steps,
-                                  max_gamma),
-                      jnp.zeros((), dtype))
-    t_hat = t_cur + gamma * t_cur
-    noise = jax.random.normal(jax.random.fold_in(key, i), x.shape, dtype)
-    # sqrt(t_hat^2 - t_cur^2) written as t_cur sqrt(gamma (2 + gamma)): under
-    # jit, XLA may contract the difference of squares into an FMA, whose
-    # rounding residual at gamma = 0 is +-1e-16 t^2 (NaN or 1e-8 t noise).
-    noise_std = t_cur * jnp.sqrt(gamma * (2 + gamma))
-    x_hat = x + noise_std * s_noise * noise
-    return x_hat, t_hat
-
   def euler_step(i, x):
     t_cur, t_next = t_steps[i], t_steps[i + 1]
-    x_hat, t_hat = add_churn(i, x, t_cur)
+    x_hat, t_hat = x, t_cur
+    if use_churn:
+      x_hat, t_hat = _churn(x, t_cur, jax.random.fold_in(key, i), s_churn, num_steps, s_min,
+                            s_max, s_noise)
     d_cur = (x_hat - denoise(x_hat, t_hat)) / t_hat
     x_next = x_hat + (t_next - t_hat) * d_cur
     return x_hat, t_hat, t_next, d_cur, x_next

@@ -1,27 +1,23 @@
-"""Building the sharded, jitted train step (one compiled executable per noise sampler).
+"""The pure train step: (state, batch) -> (state, metrics), the same for every objective.
 
-The update is the same for every objective: differentiate the objective's
-loss, guard against non-finite gradients, apply the optimizer, update the
-parameter EMA and the objective's own state. What varies per curriculum stage
-is only the (static, hashable) noise sampler, so `StepCompiler` keeps one
-ahead-of-time compiled executable per sampler and logs each compilation.
+Differentiate the objective's loss, guard against non-finite gradients, apply
+the optimizer, update the parameter EMA and the objective's own state. What
+varies per curriculum stage is only the objective's (static, hashable) noise
+sampler; `compile.StepCompiler` keeps one ahead-of-time compiled executable per
+stage.
 """
 from __future__ import annotations
 
-import time
-from typing import Any, Callable, NamedTuple
+from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
-from jax.sharding import Mesh
 
-from jaxdiff import parallel
+from jaxdiff import optim
 from jaxdiff.objectives import base
-from jaxdiff.train import optim
 from jaxdiff.train.state import TrainState
 
 
@@ -49,11 +45,9 @@ def make_init_fn(model, tx, objective: base.Objective, example_shape, num_classe
   return init
 
 
-def loss_bucket_edges(num_buckets: int, p_mean: float, p_std: float) -> np.ndarray:
+def loss_bucket_edges(num_buckets: int, noise_sampler: base.NoiseSampler) -> np.ndarray:
   """Inner sigma edges splitting the training distribution into equal-mass buckets."""
-  from scipy.special import ndtri
-  q = np.arange(1, num_buckets) / num_buckets
-  return np.exp(p_mean + p_std * ndtri(q))
+  return noise_sampler.quantiles(np.arange(1, num_buckets) / num_buckets)
 
 
 def bucket_metrics(per_sample_loss, sigma, edges: np.ndarray) -> dict[str, jax.Array]:
@@ -121,72 +115,3 @@ def make_train_step(objective: base.Objective, tx: optax.GradientTransformation,
     return new, out
 
   return train_step
-
-
-class StepCompiler:
-  """One ahead-of-time compiled train step per static key (the curriculum stage).
-
-  `build(key)` returns the pure step for that key; compiling happens at most
-  once per key, and `compile_log` records (key, seconds) for every compilation
-  so tests and logs can prove nothing recompiles inside a stage.
-  """
-
-  def __init__(self, build: Callable[[Any], Callable], mesh: Mesh, state_sharding,
-               abstract_state, abstract_batch: dict):
-    self._build = build
-    self._mesh = mesh
-    self._state_sharding = state_sharding
-    self._abstract_state = abstract_state
-    self._abstract_batch = abstract_batch
-    self._compiled: dict[Any, Any] = {}
-    self.compile_log: list[tuple[Any, float]] = []
-
-  def __call__(self, key):
-    if key not in self._compiled:
-      start = time.perf_counter()
-      batch_sharding = {k: parallel.batch_sharding(self._mesh, len(v.shape))
-                        for k, v in self._abstract_batch.items()}
-      jitted = jax.jit(self._build(key),
-                       in_shardings=(self._state_sharding, batch_sharding),
-                       out_shardings=(self._state_sharding, parallel.replicated(self._mesh)),
-                       donate_argnums=(0,))
-      self._compiled[key] = jitted.lower(self._abstract_state, self._abstract_batch).compile()
-      seconds = time.perf_counter() - start
-      self.compile_log.append((key, seconds))
-      logging.info("compiled train step for %s in %.1f s", _describe(key), seconds)
-    return self._compiled[key]
-
-  def drop_except(self, keep) -> None:
-    """Frees the executables of every key not in `keep` (curriculum stages left behind:
-    stages only move forward, and a dropped key would compile again if it came back)."""
-    keep = set(keep)
-    for key in [k for k in self._compiled if k not in keep]:
-      del self._compiled[key]
-
-  @property
-  def num_compiled(self) -> int:
-    return len(self._compiled)
-
-
-class VariantKey(NamedTuple):
-  """The static key of a step for objectives with several update variants (ACT's R1)."""
-  stage: Any    # the curriculum stage's mask; None without the curriculum
-  variant: Any  # one of the objective's `step_variants`
-
-
-def step_key(stage, variant=None):
-  """The compile key of (stage, variant): the bare stage key when there is one variant."""
-  return stage if variant is None else VariantKey(stage, variant)
-
-
-def split_key(key) -> tuple[Any, Any]:
-  return (key.stage, key.variant) if isinstance(key, VariantKey) else (key, None)
-
-
-def _describe(key) -> str:
-  if isinstance(key, VariantKey):
-    stage = "all noise levels" if key.stage is None else _describe(key.stage)
-    return f"{stage}, variant {key.variant}"
-  if isinstance(key, tuple) and key and isinstance(key[0], bool):
-    return f"stage mask {''.join('1' if b else '0' for b in key)}"
-  return str(key)

@@ -1,7 +1,9 @@
-"""Differentiable adaptive augmentation of ACT's discriminator inputs (spec §5.1, §5.4).
+"""Differentiable adaptive augmentation of ACT's discriminator inputs (docs/act.md).
+
+See docs/act.md#adaptive-augmentation for the official pipeline.
 
 `augment(key, x, p)` applies each enabled operation to each image independently with
-probability `p` (the ADA probability, a traced value that `act_math.ada_update` moves with
+probability `p` (the ADA probability, a traced value that `math.ada_update` moves with
 the R1 penalty). Every operation is a per-sample select between the image and its
 transformed copy, so the result is differentiable with respect to `x` (the generator's
 adversarial gradient and the R1 gradient both flow through it) and `p = 0` returns `x`

@@ -2,7 +2,7 @@
 
 Kong et al., "ACT-Diffusion: Efficient Adversarial Consistency Training for
 One-step Diffusion Models", CVPR 2024 (arXiv 2311.14097); official code
-kong13661/ACT (`train_cifar10.py`, `train_imagenet64.py`). Spec §5.
+kong13661/ACT (`train_cifar10.py`, `train_imagenet64.py`). docs/act.md.
 
 * `act_schedule`: number of grid bins N(k) and the teacher/sampling EMA mu(k).
 * `act_time_weight`: the power-law weight w(t_j) of the GAN terms (ImageNet-64
@@ -12,22 +12,12 @@ kong13661/ACT (`train_cifar10.py`, `train_imagenet64.py`). Spec §5.
 from __future__ import annotations
 
 import math
-import numbers
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 
-
-def _is_host_number(x) -> bool:
-  return isinstance(x, (numbers.Number, np.generic)) and not isinstance(x, jax.Array)
-
-
-def _float_dtype(*xs):
-  dtype = jnp.result_type(*xs)
-  if jnp.issubdtype(dtype, jnp.floating):
-    return dtype
-  return jnp.result_type(float)
+# ACT's schedules follow the consistency family's conventions: host numbers in, host
+# numbers out; traced in, traced out.
+from jaxdiff.objectives.consistency.math import float_dtype, is_host_number
 
 
 def act_schedule(progress, n_min=2, n_max=150, mu0=0.9):
@@ -50,11 +40,11 @@ def act_schedule(progress, n_min=2, n_max=150, mu0=0.9):
       count; pass a float64 / host value where that matters.
   """
   span = n_max ** 2 - n_min ** 2
-  if _is_host_number(progress):
+  if is_host_number(progress):
     num_bins = round(math.sqrt(float(progress) * span + n_min ** 2))
     return num_bins, math.exp(n_min * math.log(mu0) / (num_bins - 1))
   progress = jnp.asarray(progress)
-  dtype = _float_dtype(progress)
+  dtype = float_dtype(progress)
   bins_float = jnp.round(jnp.sqrt(progress.astype(dtype) * span + n_min ** 2))  # half to even
   ema_decay = jnp.exp(n_min * math.log(mu0) / (bins_float - 1))
   return bins_float.astype(jnp.int32), ema_decay
@@ -70,7 +60,7 @@ def act_time_weight(j, num_bins, lam0=0.6, w_mid=0.2):
   Negative j (from rounding in an index inversion) is treated as 0.
   """
   j = jnp.asarray(j)
-  dtype = _float_dtype(j)
+  dtype = float_dtype(j)
   exponent = math.log(w_mid / lam0) / math.log(0.5)
   frac = jnp.maximum(j.astype(dtype), 0) / (jnp.asarray(num_bins, dtype) - 1)
   return jnp.power(frac, exponent)
@@ -91,7 +81,7 @@ def ada_update(p, r1_ema, r1, threshold, batch_size, interval=16, length=500000,
   Returns:
     (p, r1_ema) as jax arrays in the float dtype of (p, r1_ema, r1).
   """
-  dtype = _float_dtype(jnp.asarray(p), jnp.asarray(r1_ema), jnp.asarray(r1))
+  dtype = float_dtype(jnp.asarray(p), jnp.asarray(r1_ema), jnp.asarray(r1))
   p = jnp.asarray(p, dtype)
   r1_ema = ema_rate * jnp.asarray(r1_ema, dtype) + (1 - ema_rate) * jnp.asarray(r1, dtype)
   step = batch_size * interval / length

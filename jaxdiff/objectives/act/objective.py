@@ -1,8 +1,9 @@
 """ACT: Adversarial Consistency Training (Kong et al., CVPR 2024, arXiv 2311.14097).
 
 Official code kong13661/ACT (`train_cifar10.py`, `train_imagenet64.py`,
-`models/consistency_wrapper.py`); spec §5. Consistency training (CT's grid and
-EMA teacher, `consistency.py`) plus a time-conditioned discriminator:
+`models/consistency_wrapper.py`); docs/act.md. Consistency training (the shared
+consistency core on ACT's grid schedule, with an EMA teacher) plus a
+time-conditioned discriminator:
 
   generator      (1 - lambda(t_j)) d(f(x + t_j z, t_j), clip(f_ema(x + t_{j-1} z, t_{j-1})))
                  + lambda(t_j) softplus(-D(A(f(x + t_j z, t_j)), t_j))
@@ -28,12 +29,16 @@ lives in the train state's `aux`, so it is checkpointed and sharded with the
 rest. The R1 step and the plain step are the objective's two static
 `step_variants`: two compiled executables over a run, never more.
 
+ACT composes the consistency core (`ACTConsistency`, the core with ACT's time
+sampler) rather than being a consistency objective: its loss, its state and its
+sampling weights are its own.
+
 Deviations, all configurable: the consistency distance is the paper's LPIPS
 only when the user supplies converted VGG16 weights (`consistency.metric=lpips`,
 `consistency.lpips_weights`, see `objectives/lpips.py`); by default it is
 pseudo-Huber with iCT's c (jaxdiff never downloads weights; a warning says so at
 start); the generator is jaxdiff's SongUNet rather than diffusers' UNet2DModel;
-the augmentation is the subset documented in `act_augment.py`.
+the augmentation is the subset documented in `augment.py`.
 """
 from __future__ import annotations
 
@@ -43,16 +48,20 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
-from jaxdiff import parallel
-from jaxdiff.objectives import act_augment, base
-# The public pure math of api.md (jaxdiff.objectives.act.act_schedule, ...).
-from jaxdiff.objectives.act_math import act_schedule, act_time_weight, ada_update  # noqa: F401
-from jaxdiff.objectives.consistency import ConsistencyObjective, resolve_settings
-from jaxdiff.objectives.consistency_math import karras_grid_ascending
-from jaxdiff.train import optim
+from jaxdiff import optim, parallel
+from jaxdiff.objectives import base
+from jaxdiff.objectives.act import augment, settings as act_settings
+from jaxdiff.objectives.act.math import act_schedule, act_time_weight, ada_update
+from jaxdiff.objectives.consistency import settings as consistency_settings
+from jaxdiff.objectives.consistency.core import ConsistencyCore
+from jaxdiff.objectives.consistency.math import karras_grid_ascending
+from jaxdiff.objectives.registry import register
 
-SAMPLE_WITH = ("teacher", "trainer_ema")
-NOISE_LABELS = ("sigma", "log")
+# ACT's "auto" defaults of the shared consistency keys: CT's boundary and grid, uniform
+# weight; pseudo-Huber with iCT's c stands in for LPIPS (weights must come from a file).
+AUTO = consistency_settings.AutoDefaults(train_precond="cm", sample_sigma_min=None,
+                                         metric="pseudo_huber", weighting="uniform",
+                                         huber_c="ict")
 
 
 def r1_penalty(grad_real: jax.Array, weight, gamma: float) -> jax.Array:
@@ -73,56 +82,14 @@ def generator_loss(consistency, adversarial, lam):
   return consistency + lam * (adversarial - consistency)
 
 
-class ACTObjective(ConsistencyObjective):
-  """CT with an adversarial term; see the module docstring."""
+class ACTConsistency(ConsistencyCore):
+  """The consistency core on ACT's schedule: a Karras grid of N(k) bins, j ~ U{1..N-1}."""
 
-  def __init__(self, settings, apply_fn, noise_sampler, *, act_config, discriminator,
-               example_shape, seed: int, rng_impl: str, **kw):
-    super().__init__(settings, apply_fn, noise_sampler, example_shape=example_shape, **kw)
-    a = act_config
-    self.noise_label = a.noise_label
-    self.lam0 = float(a.lam0)
-    self.w_mid = float(a.w_mid)
-    self.n_min, self.n_max, self.mu0 = int(a.n_min), int(a.n_max), float(a.mu0)
-    self.r1_gamma = float(a.r1_gamma)
-    self.r1_interval = int(a.r1_interval)
-    self.ada_threshold = float(a.ada_threshold)
-    self.ada_length = float(a.ada_length)
-    self.ada_ema = float(a.ada_ema)
-    self.augmentations = tuple(a.augment)
-    self.sample_with = a.sample_with
-    self.disc = discriminator
-    self.d_tx = optax.radam(float(a.d_lr), b1=float(a.d_b1), b2=float(a.d_b2))
-    self.seed = int(seed)
-    self.rng_impl = rng_impl
-    # The R1 step and the plain step: two static variants, one compilation each.
-    self.step_variants = (False, True) if self.r1_gamma > 0 else (False,)
-
-  @classmethod
-  def from_config(cls, config, apply_fn, noise_sampler, example_shape) -> "ACTObjective":
-    from jaxdiff.models.discriminator import build_discriminator
-    settings = resolve_settings(config, example_shape)
-    if settings.metric != "lpips":
-      logging.warning("ACT: consistency distance %s (c=%g) instead of the paper's LPIPS, which "
-                      "needs VGG weights jaxdiff does not download (a deviation).",
-                      settings.metric, settings.huber_c)
-    disc = build_discriminator(config.act, image_shape=example_shape,
-                               num_classes=config.data.num_classes, dtype=config.model.dtype)
-    return cls(settings, apply_fn, noise_sampler, act_config=config.act, discriminator=disc,
-               example_shape=example_shape, seed=config.seed, rng_impl=config.rng_impl,
-               sigma_data=config.objective.sigma_data, num_classes=config.data.num_classes,
-               ema_config=config.ema, batch_size=config.data.batch_size,
-               sample_sigmas=config.sample.consistency_sigmas)
-
-  # The discriminator's real and fake images: `batch_size` more examples a step.
-  @property
-  def reference_draws(self) -> int:
-    return self.batch_size
-
-  def variant_for_step(self, step: int) -> bool:
-    return self.r1_gamma > 0 and step % self.r1_interval == 0
-
-  # ---------------------------------------------------------------- schedules
+  def __init__(self, settings, apply_fn, noise_sampler, *, n_min: int, n_max: int, mu0: float,
+               noise_label: str, **kw):
+    super().__init__(settings, apply_fn, noise_sampler, **kw)
+    self.n_min, self.n_max, self.mu0 = int(n_min), int(n_max), float(mu0)
+    self.noise_label = noise_label
 
   def schedule(self, step, offset: float = 0.0):
     """N(k) and mu(k) at progress (step + offset) / K.
@@ -144,13 +111,86 @@ class ACTObjective(ConsistencyObjective):
                                  dtype=jnp.float32)
     valid = jnp.arange(size - 1) < num_bins - 1
     probs = jnp.where(valid, 1.0, 0.0) / (num_bins - 1).astype(jnp.float32)
-    i = self._masked_index(key, (batch,), grid, probs)
+    i = self.restricted_pair_index(key, (batch,), grid, probs)
     return i + 1, grid[i + 1].astype(dtype), grid[i].astype(dtype)
 
   def sample_times(self, key, batch, step, dtype):
     sched = self.schedule(step)
     j, t, r = self.sample_index(key, batch, sched["num_scales"], dtype)
     return t, r, dict(sched, index=j)
+
+
+@register("act")
+class ACTObjective(base.Objective):
+  """CT with an adversarial term; see the module docstring."""
+
+  sampler_draws_noise = True
+
+  def __init__(self, settings, apply_fn, noise_sampler, *, act_config, discriminator,
+               example_shape, seed: int, rng_impl: str, sigma_data: float = 0.5,
+               num_classes: int = 0, batch_size: int = 1):
+    a = act_config
+    self.consistency = ACTConsistency(
+        settings, apply_fn, noise_sampler, n_min=a.n_min, n_max=a.n_max, mu0=a.mu0,
+        noise_label=a.noise_label, example_shape=example_shape, sigma_data=sigma_data,
+        num_classes=num_classes)
+    # ACT's time sampler and schedule, and the generator's training form.
+    self.schedule = self.consistency.schedule
+    self.sample_index = self.consistency.sample_index
+    self.sample_times = self.consistency.sample_times
+    self.training_fn = self.consistency.training_fn
+    self.noise_sampler = noise_sampler
+    self.example_shape = tuple(example_shape)
+    self.num_classes = int(num_classes)
+    self.batch_size = int(batch_size)
+    self.noise_label = a.noise_label
+    self.lam0, self.w_mid = float(a.lam0), float(a.w_mid)
+    self.r1_gamma, self.r1_interval = float(a.r1_gamma), int(a.r1_interval)
+    self.ada_threshold, self.ada_length = float(a.ada_threshold), float(a.ada_length)
+    self.ada_ema = float(a.ada_ema)
+    self.augmentations = tuple(a.augment)
+    self.sample_with = a.sample_with
+    self.disc = discriminator
+    self.d_tx = optax.radam(float(a.d_lr), b1=float(a.d_b1), b2=float(a.d_b2))
+    self.seed = int(seed)
+    self.rng_impl = rng_impl
+    # The R1 step and the plain step: two static variants, one compilation each.
+    self.step_variants = (False, True) if self.r1_gamma > 0 else (False,)
+
+  # ---------------------------------------------------------------- config
+
+  # The consistency core's shared keys (grid, distance, weighting) and ACT's own.
+  config_keys = {**consistency_settings.CONFIG, **act_settings.CONFIG}
+
+  @classmethod
+  def validate_config(cls, config, num_devices=None):
+    consistency_settings.resolve_settings(config, consistency_settings.example_shape_of(config),
+                                          AUTO)
+    consistency_settings.refuse_phases(config, cls.name)
+    act_settings.validate_act_config(config, num_devices)
+
+  @classmethod
+  def from_config(cls, config, apply_fn, example_shape, noise_sampler, mesh=None):
+    from jaxdiff.models.discriminator import build_discriminator
+    settings = consistency_settings.resolve_settings(config, example_shape, AUTO)
+    if settings.metric != "lpips":
+      logging.warning("ACT: consistency distance %s (c=%g) instead of the paper's LPIPS, which "
+                      "needs VGG weights jaxdiff does not download (a deviation).",
+                      settings.metric, settings.huber_c)
+    disc = build_discriminator(config.act, image_shape=example_shape,
+                               num_classes=config.data.num_classes, dtype=config.model.dtype)
+    return cls(settings, apply_fn, noise_sampler, act_config=config.act, discriminator=disc,
+               example_shape=example_shape, seed=config.seed, rng_impl=config.rng_impl,
+               sigma_data=config.objective.sigma_data, num_classes=config.data.num_classes,
+               batch_size=config.data.batch_size)
+
+  # The discriminator's real and fake images: `batch_size` more examples a step.
+  @property
+  def reference_draws(self) -> int:
+    return self.batch_size
+
+  def variant_for_step(self, step: int) -> bool:
+    return self.r1_gamma > 0 and step % self.r1_interval == 0
 
   def gan_weight(self, j, num_bins):
     """w(t_j): 1 (w_mid = 0, CIFAR-10) or ACT's power law over the bin index."""
@@ -165,17 +205,17 @@ class ACTObjective(ConsistencyObjective):
     return self.disc.apply({"params": disc_params}, x, time, labels).astype(jnp.float32)
 
   def augment(self, key, x, p):
-    return act_augment.augment(key, x, p, self.augmentations)
+    return augment.augment(key, x, p, self.augmentations)
 
   # ---------------------------------------------------------------- generator
 
   def loss(self, params, aux, batch, key, step):
-    out = self.terms(params, aux["teacher"], batch, key, step)
+    out = self.consistency.terms(params, aux["teacher"], batch, key, step)
     t, j, num_bins = out["sigma"], out["index"], out["num_scales"]
     student = out["student"]
     # Only the teacher's output is clipped to the data range (official).
     target = jnp.clip(out["target"], -1.0, 1.0)
-    consistency = self.per_sample_distance(student, target).astype(jnp.float32)
+    consistency = self.consistency.per_sample_distance(student, target).astype(jnp.float32)
     metrics = {"act/consistency": jnp.mean(consistency), "act/num_bins": num_bins,
                "act/ema_decay": out["target_ema"], "act/aug_p": aux["p"],
                "act/r1_ema": aux["r1_ema"]}
@@ -207,7 +247,6 @@ class ACTObjective(ConsistencyObjective):
 
   def after_update(self, aux, params, batch, key, step, variant=None):
     """Discriminator step (R1 and ADA when `variant`), then the teacher EMA."""
-    with_r1 = bool(variant)
     aux = dict(aux)
     mu = self.schedule(step, 1.0)["target_ema"]
     teacher = jax.tree.map(lambda a, p: (a * mu + p * (1 - mu)).astype(a.dtype),
@@ -216,7 +255,13 @@ class ACTObjective(ConsistencyObjective):
       # The discriminator's loss is lam0 * (...) = 0: its gradients are zero and RAdam
       # leaves it unchanged, as in the official code, so the step is skipped.
       return dict(aux, teacher=teacher), {}
-    num_bins = self.schedule(step, 0.5)["num_scales"]
+    aux, metrics = self.discriminator_step(aux, params, batch, key, step, with_r1=bool(variant))
+    aux["teacher"] = teacher
+    return aux, metrics
+
+  def _discriminator_inputs(self, params, aux, batch, key, num_bins):
+    """Augmented fakes (from the updated generator, no gradient) and reals, their labels,
+    noise levels and GAN weights: the official loader's doubled batch, split in halves."""
     reals = batch["reference"]
     half = reals.shape[0] // 2
     x_fake_src, x_real = reals[:half], reals[half:]
@@ -239,6 +284,12 @@ class ACTObjective(ConsistencyObjective):
     fake = jax.lax.stop_gradient(self.augment(k_aug_f, fake, aux["p"]))
     real = self.augment(k_aug_r, x_real, aux["p"])  # R1 differentiates w.r.t. this input
     w_f, w_r = self.gan_weight(j_f, num_bins), self.gan_weight(j_r, num_bins)
+    return (fake, t_f, labels_fake, w_f), (real, t_r, labels_real, w_r)
+
+  def discriminator_step(self, aux, params, batch, key, step, with_r1: bool):
+    num_bins = self.schedule(step, 0.5)["num_scales"]
+    (fake, t_f, labels_fake, w_f), (real, t_r, labels_real, w_r) = self._discriminator_inputs(
+        params, aux, batch, key, num_bins)
 
     def d_loss(disc_params):
       fake_logits = self.discriminate(disc_params, fake, t_f, labels_fake)
@@ -274,11 +325,7 @@ class ACTObjective(ConsistencyObjective):
                              2 * self.batch_size, self.r1_interval, self.ada_length, self.ada_ema)
       aux["p"], aux["r1_ema"] = jnp.where(finite, p, aux["p"]), jnp.where(finite, r1_ema,
                                                                            aux["r1_ema"])
-    aux["teacher"] = teacher
     return aux, metrics
-
-  def update_aux(self, aux, params, step):
-    raise NotImplementedError("ACT updates its state in after_update (it needs the batch).")
 
   # ---------------------------------------------------------------- sampling
 
@@ -288,74 +335,5 @@ class ACTObjective(ConsistencyObjective):
       return aux["teacher"]
     return params
 
-
-def validate_act_config(config, num_devices: int | None = None) -> None:
-  """Config checks of ACT (called by `jaxdiff.config.validate`)."""
-  from jaxdiff.config import ConfigError
-  a = config.act
-  if config.data.name == "toy2d":
-    raise ConfigError("objective.name='act' needs image data (its discriminator is a UNet "
-                      "encoder); config.data.name='toy2d' has 2-d points. Use digits, tfds or "
-                      "folder data.")
-  if config.data.batch_size % 2:
-    raise ConfigError(f"config.data.batch_size={config.data.batch_size} must be even for ACT: "
-                      "the discriminator's extra batch is split into fakes and reals.")
-  if not 0.0 <= a.lam0 <= 1.0:
-    raise ConfigError(f"config.act.lam0={a.lam0!r} must be in [0, 1] (CIFAR-10: 0.3).")
-  if a.w_mid < 0 or (a.w_mid > 0 and not a.w_mid < a.lam0):
-    raise ConfigError(f"config.act.w_mid={a.w_mid!r} must be 0 (constant lambda) or in "
-                      f"(0, lam0={a.lam0}) (ImageNet-64: 0.2 with lam0 0.6).")
-  if not 2 <= a.n_min < a.n_max:
-    raise ConfigError(f"config.act.n_min={a.n_min!r}, n_max={a.n_max!r}: need 2 <= n_min < "
-                      "n_max (CIFAR-10: 2, 150).")
-  if not 0.0 < a.mu0 < 1.0:
-    raise ConfigError(f"config.act.mu0={a.mu0!r} must be in (0, 1).")
-  if a.r1_gamma < 0 or int(a.r1_interval) < 1:
-    raise ConfigError(f"config.act.r1_gamma={a.r1_gamma!r} must be >= 0 and "
-                      f"r1_interval={a.r1_interval!r} >= 1 (official: 10, 16).")
-  if a.noise_label not in NOISE_LABELS:
-    raise ConfigError(f"config.act.noise_label={a.noise_label!r}; choose one of {NOISE_LABELS}.")
-  if a.sample_with not in SAMPLE_WITH:
-    raise ConfigError(f"config.act.sample_with={a.sample_with!r}; choose one of {SAMPLE_WITH}.")
-  unknown = set(a.augment) - set(act_augment.OPERATIONS)
-  if unknown:
-    raise ConfigError(f"config.act.augment has unknown operation(s) {sorted(unknown)}; choose "
-                      f"from {act_augment.OPERATIONS}.")
-  levels = len(a.disc_channel_mult)
-  if config.data.image_size % 2 ** (levels - 1):
-    raise ConfigError(f"config.act.disc_channel_mult={tuple(a.disc_channel_mult)} has {levels} "
-                      f"levels; the image side {config.data.image_size} must be divisible by "
-                      f"{2 ** (levels - 1)}. Use fewer levels.")
-  if num_devices is not None and (config.data.batch_size // 2) % num_devices:
-    raise ConfigError(f"ACT splits config.data.batch_size={config.data.batch_size} extra images "
-                      f"into two halves sharded over {num_devices} devices; use a batch size "
-                      f"divisible by {2 * num_devices}.")
-
-
-def apply_smoke(c, num_classes: int = 0) -> None:
-  """The `:smoke` variant of every ACT recipe: built-in digits (no download), one-level
-  8-channel generator and discriminator, 5 steps with R1 at steps 0 and 4 (both variants)."""
-  c.data.name = "digits"
-  c.data.tfds_name = ""
-  c.data.image_size = 8
-  c.data.channels = 1
-  c.data.num_classes = num_classes
-  c.data.batch_size = 16
-  c.data.random_flip = False
-  c.model.model_channels = 8
-  c.model.channel_mult = (1,)
-  c.model.num_blocks = 1
-  c.model.attn_resolutions = ()
-  c.act.disc_channels = 8
-  c.act.disc_channel_mult = (1,)
-  c.act.disc_num_blocks = 1
-  c.act.disc_attn_resolutions = ()
-  c.act.r1_interval = 4
-  c.act.ada_threshold = 1e4
-  c.train.num_steps = 5
-  c.train.log_every = 1
-  c.train.ckpt_every = 5
-  c.train.sample_every = 0
-  c.train.loss_buckets = 0
-  c.sample.num_samples = 16
-  c.eval.num_samples = 64
+  def sample(self, params, latents, labels, key, sample_config):
+    return self.consistency.sample(params, latents, labels, key, sample_config)

@@ -3,11 +3,11 @@
 * CT: Song, Dhariwal, Chen, Sutskever, "Consistency Models", ICML 2023; official
   JAX code openai/consistency_models_cifar10 (`jcm/losses.py`).
 * iCT: Song & Dhariwal, "Improved Techniques for Training Consistency Models",
-  ICLR 2024 (no official code; spec §2.2).
+  ICLR 2024 (no official code; docs/ict.md).
 * ECT: Geng et al., "Consistency Models Made Easy", ICLR 2025; official code
   locuslab/ect (`training/loss.py`).
 * SCT: Wang, Geng, Li, "Stable Consistency Tuning" (arXiv 2410.18958), which
-  reuses ECT's mapping (spec §4).
+  reuses ECT's mapping (docs/sct.md).
 
 Every schedule is a pure function of the step. Functions that take a step work
 on Python ints (returning Python numbers, for host-side logging and static
@@ -25,12 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _is_host_number(x) -> bool:
+def is_host_number(x) -> bool:
   """True for Python / numpy scalars: the schedule is evaluated on the host."""
   return isinstance(x, (numbers.Number, np.generic)) and not isinstance(x, jax.Array)
 
 
-def _float_dtype(*xs):
+def float_dtype(*xs):
   """The float dtype to compute in: the inputs' float dtype, else jax's default."""
   dtype = jnp.result_type(*xs)
   if jnp.issubdtype(dtype, jnp.floating):
@@ -47,10 +47,10 @@ def ect_r(t, stage, q=2.0, k=8.0, b=1.0, mapping="sigmoid"):
   n(t) = 1 + k * sigmoid(-b * t) for mapping "sigmoid", n = 1 for "const".
   `stage` counts from 0 as in the official code (locuslab/ect issue #9: the
   paper's q^-a has a = stage + 1); it may be a float, which gives SCT's smooth
-  variant (spec §4.1, option 2). Computed in t's float dtype.
+  variant (docs/sct.md#method, option 2). Computed in t's float dtype.
   """
   t = jnp.asarray(t)
-  dtype = _float_dtype(t)
+  dtype = float_dtype(t)
   t = t.astype(dtype)
   decay = jnp.power(jnp.asarray(q, dtype), -(jnp.asarray(stage, dtype) + 1))
   if mapping == "sigmoid":
@@ -67,13 +67,13 @@ def ect_stage(step, steps_per_stage, continuous=False):
 
   On CIFAR-10, one stage is 250 ticks x 12.8 kimg / batch 128 = 25k iterations.
   `continuous=True` returns step / steps_per_stage as a float, SCT's smooth
-  progressive schedule (spec §4.1, option 2), to feed `ect_r`.
+  progressive schedule (docs/sct.md#method, option 2), to feed `ect_r`.
   """
-  if _is_host_number(step):
+  if is_host_number(step):
     return step / steps_per_stage if continuous else int(step) // int(steps_per_stage)
   step = jnp.asarray(step)
   if continuous:
-    return step.astype(_float_dtype(float)) / steps_per_stage
+    return step.astype(float_dtype(float)) / steps_per_stage
   return step // steps_per_stage
 
 
@@ -96,7 +96,7 @@ def pseudo_huber(delta, c):
     [B] distances in delta's float dtype.
   """
   delta = jnp.asarray(delta)
-  dtype = _float_dtype(delta)
+  dtype = float_dtype(delta)
   delta = delta.astype(dtype)
   sq = jnp.sum(jnp.square(delta).reshape(delta.shape[0], -1), axis=-1)
   c = jnp.asarray(c, dtype)
@@ -123,7 +123,7 @@ def karras_sigma_at(index, num_scales, sigma_min=0.002, sigma_max=80.0, rho=7.0)
   ACT's `timesteps_to_time` (negative indices clipped to 0, as there).
   """
   index = jnp.asarray(index)
-  dtype = _float_dtype(index)
+  dtype = float_dtype(index)
   index = jnp.maximum(index.astype(dtype), 0)
   lo = sigma_min ** (1 / rho)
   hi = sigma_max ** (1 / rho)
@@ -135,7 +135,7 @@ def karras_sigma_at(index, num_scales, sigma_min=0.002, sigma_max=80.0, rho=7.0)
 def karras_index_of(sigma, num_scales, sigma_min=0.002, sigma_max=80.0, rho=7.0):
   """Inverse of `karras_sigma_at`: the fractional grid index of `sigma` (ACT's `time_to_timesteps`)."""
   sigma = jnp.asarray(sigma)
-  dtype = _float_dtype(sigma)
+  dtype = float_dtype(sigma)
   lo = sigma_min ** (1 / rho)
   hi = sigma_max ** (1 / rho)
   return (sigma.astype(dtype) ** (1 / rho) - lo) * (jnp.asarray(num_scales, dtype) - 1) / (hi - lo)
@@ -150,10 +150,10 @@ def karras_grid_ascending(num_scales, sigma_min=0.002, sigma_max=80.0, rho=7.0, 
   pairs have t_{i+1} = t_i and get zero probability in `ict_index_probs`.
   """
   if size is None:
-    if not _is_host_number(num_scales):
+    if not is_host_number(num_scales):
       raise ValueError("A traced num_scales needs a static `size` to pad the grid to.")
     size = int(num_scales)
-  elif _is_host_number(num_scales) and size < num_scales:
+  elif is_host_number(num_scales) and size < num_scales:
     raise ValueError(f"size={size} cannot hold a grid of {num_scales} noise levels.")
   dtype = jnp.dtype(dtype or jnp.result_type(float))
   return _padded_grid(num_scales, sigma_min, sigma_max, rho, size=size, dtype=dtype)
@@ -207,7 +207,7 @@ def ct_schedule(step, total_steps, s0=2, s1=150, mu0=0.9):
   """
   total_steps, s0, s1 = int(total_steps), int(s0), int(s1)
   span = (s1 + 1) ** 2 - s0 ** 2
-  if _is_host_number(step):
+  if is_host_number(step):
     k = int(step)
     # m = ceil(sqrt(v)), v = s0^2 + k*span/K: the smallest m with m^2 >= ceil(v).
     v_ceil = -(-(k * span + s0 ** 2 * total_steps) // total_steps)
@@ -253,7 +253,7 @@ def ict_num_scales(step, total_steps, s0=10, s1=1280):
   k_prime = max(ict_doubling_period(total_steps, s0, s1), 1)
   # Cap the exponent where s0 * 2^e already exceeds s1, so 2^e never overflows.
   max_exponent = max(math.ceil(math.log2(max(s1 / s0, 1))), 0)
-  if _is_host_number(step):
+  if is_host_number(step):
     exponent = min(int(step) // k_prime, max_exponent)
     return min(s0 * 2 ** exponent, s1) + 1
   exponent = jnp.minimum(jnp.asarray(step).astype(jnp.int32) // k_prime, max_exponent)
@@ -282,7 +282,7 @@ def ict_index_probs(sigmas_ascending, p_mean=-1.1, p_std=2.0):
   Returns [N-1] probabilities in the grid's float dtype.
   """
   sigmas = jnp.asarray(sigmas_ascending)
-  dtype = _float_dtype(sigmas)
+  dtype = float_dtype(sigmas)
   z = (jnp.log(sigmas.astype(dtype)) - p_mean) / (math.sqrt(2.0) * p_std)
   mass = jnp.maximum(_erf_difference(z[:-1], z[1:]), 0)
   return mass / jnp.sum(mass)
@@ -330,7 +330,7 @@ def consistency_weight(t, r, kind="uniform", sigma_data=0.5):
     'edm'            (t^2 + sigma_data^2)/(t sigma_data)^2 (ECT ImageNet 'snrpk')
   """
   t = jnp.asarray(t)
-  dtype = _float_dtype(t, jnp.asarray(r))
+  dtype = float_dtype(t, jnp.asarray(r))
   t = t.astype(dtype)
   r = jnp.asarray(r, dtype)
   if kind == "uniform":

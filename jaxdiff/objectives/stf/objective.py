@@ -1,22 +1,23 @@
-"""The STF training objective: EDM's loss with y replaced by the Stable Target Field.
+"""The `stf` objective: EDM's loss with y replaced by the Stable Target Field.
 
-Xu, Tong, Jaakkola (ICLR 2023), spec §3; official code Newbeeer/stf (a fork of
-NVlabs/edm). The loss is EDM's (spec §1.3),
+Xu, Tong, Jaakkola (ICLR 2023, arXiv 2302.00670; docs/stf.md); official code
+Newbeeer/stf (a fork of NVlabs/edm). The loss is EDM's (docs/edm.md),
 
     lambda(sigma) * ||D(x; sigma) - T(x)||^2,   T(x) = sum_i w_i(x) y_i,
 
 with w = softmax_i(-||x - y_i||^2 / (2 sigma^2)) over a reference set that
-contains the generating image (`stf.stf_target`). Noise levels come from the
+contains the generating image (`target.stf_target`). Noise levels come from the
 objective's noise sampler, so STF composes with the difficulty curriculum like
 any objective.
 
-The reference set of a step (spec §3.2): the minibatch's own images (as the
-network sees them, i.e. after the pipeline's augmentation) plus fresh draws
-from the data pipeline (`batch["reference"]`, an index stream independent of
-the minibatch, augmented independently). `config.stf.reference_size` is n, the
-number of references a sample's weights are normalised over, *including* the
-minibatch images, as the official `--rbatch` counts it (the loader yields
-rbatch images per GPU, the first batch/world of which are the minibatch).
+The reference set of a step (docs/stf.md#the-reference-set-in-jaxdiff): the minibatch's own
+images (as the network sees them, i.e. after the pipeline's augmentation) plus
+fresh draws from the data pipeline (`batch["reference"]`, an index stream
+independent of the minibatch, augmented independently). `config.stf.reference_size`
+is n, the number of references a sample's weights are normalised over,
+*including* the minibatch images, as the official `--rbatch` counts it (the
+loader yields rbatch images per GPU, the first batch/world of which are the
+minibatch).
 
 Two ways to form the set on a mesh (`config.stf.mode`):
 
@@ -28,12 +29,12 @@ Two ways to form the set on a mesh (`config.stf.mode`):
   global      One set of n = B + extra examples, sharded over the batch axes;
               every sample's weights are normalised over the whole global set
               with a sharded distance matmul and a cross-device log-sum-exp
-              (`stf.stf_target_global`); no device holds the whole set. The
+              (`target.stf_target_global`); no device holds the whole set. The
               pipeline draws n - B extra examples per step.
 
 For class-conditional data (`data.num_classes > 0`) with
 `stf.restrict_labels`, only references with the sample's label count (the
-official code is unconditional only; spec §3.6 pitfall 4).
+official code is unconditional only; docs/stf.md#class-conditional-data).
 """
 from __future__ import annotations
 
@@ -44,8 +45,10 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from jaxdiff import parallel
-from jaxdiff.objectives import stf
+from jaxdiff.errors import ConfigError
 from jaxdiff.objectives.edm import EDMObjective
+from jaxdiff.objectives.registry import register
+from jaxdiff.objectives.stf import target as stf
 
 MODES = ("per_device", "global")
 
@@ -61,9 +64,23 @@ def reference_draws(reference_size: int, mode: str, batch_size: int, num_devices
   return reference_size - batch_size
 
 
+# The `stf` config section (shared with SCT, whose target is this one).
+CONFIG = {"stf": dict(
+    # n, the size of the reference set each sample's weights are normalised over,
+    # counting the minibatch images it contains (official `--rbatch`: 4096 in
+    # train.py, 1024 for the published models). per_device: per device, as the
+    # official per-GPU rbatch; global: over the whole mesh.
+    reference_size=4096,
+    # "per_device" (official): each device's own batch shard + reference draws.
+    # "global": one reference set sharded over the batch axes, normalised globally.
+    mode="per_device",
+    # Class-conditional data: only same-label references count (docs/stf.md).
+    restrict_labels=True,
+)}
+
+
 def validate_stf_config(config, num_devices: int | None = None) -> None:
   """Raises ConfigError naming the stf key, its value and the fix."""
-  from jaxdiff.config import ConfigError
   s = config.stf
   if s.mode not in MODES:
     raise ConfigError(f"config.stf.mode={s.mode!r} is not allowed; choose one of {MODES}.")
@@ -94,10 +111,11 @@ def validate_stf_config(config, num_devices: int | None = None) -> None:
           f"{lower} or {lower + num_devices}.")
 
 
+@register("stf")
 class STFObjective(EDMObjective):
   """EDM loss with the Stable Target Field target (see the module docstring)."""
 
-  sampler_kind = "edm"
+  config_keys = CONFIG
 
   def __init__(self, apply_fn, noise_sampler, *, sigma_data: float = 0.5, num_classes: int = 0,
                reference_size: int = 4096, mode: str = "per_device",
@@ -111,7 +129,11 @@ class STFObjective(EDMObjective):
     self.batch_size = int(batch_size)
 
   @classmethod
-  def from_config(cls, config, apply_fn, noise_sampler) -> "STFObjective":
+  def validate_config(cls, config, num_devices=None):
+    validate_stf_config(config, num_devices)
+
+  @classmethod
+  def from_config(cls, config, apply_fn, example_shape, noise_sampler, mesh=None):
     validate_stf_config(config)
     return cls(apply_fn, noise_sampler, sigma_data=config.objective.sigma_data,
                num_classes=config.data.num_classes, reference_size=config.stf.reference_size,

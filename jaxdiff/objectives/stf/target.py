@@ -6,14 +6,14 @@ in Diffusion Models", ICLR 2023 (arXiv 2302.00670); official code Newbeeer/stf.
 Denoising score matching regresses D(x; sigma) onto the one clean image y that
 generated x = y + sigma * n. STF replaces y by a self-normalised importance
 estimate of E[y | x] over a reference set {y_i} that contains the generating
-image (spec §1.6, §3.1):
+image (docs/stf.md#the-score-identity, docs/stf.md#the-target):
 
   w_i(x) = softmax_i(-||x - y_i||^2 / (2 sigma^2)),     target(x) = sum_i w_i y_i.
 
 With n = 1 this is plain DSM; as n grows the target tends to E[y | x] and its
-variance falls. SCT (spec §4) reuses the same target inside ECT.
+variance falls. SCT (docs/sct.md) reuses the same target inside ECT.
 
-Numerics (spec §7.4): squared distances use the expansion
+Numerics (docs/implementation.md#pairwise-distances): squared distances use the expansion
 ||x||^2 + ||y||^2 - 2<x, y> as one [B, d] x [d, n] matmul, in float32 (float64
 when the inputs are float64) at HIGHEST matmul precision, so a B x n x d
 tensor never exists and TF32/bf16 matmul passes cannot wreck the cancellation.
@@ -23,7 +23,8 @@ Sharded reference sets: `stf_target_global` runs inside `jax.shard_map` with
 each device holding one shard of the reference set; a global log-sum-exp
 (pmax of the row maxima, psum of the rescaled partial sums) normalises the
 weights over the whole global set without any device holding it. The official
-code uses a per-device reference set (spec §3.2, §7.5): that is `stf_target`
+code uses a per-device reference set (docs/stf.md#reference-set-construction,
+docs/implementation.md#reference-sets-across-devices): that is `stf_target`
 called per device; the global variant is a separate, labelled option.
 """
 from __future__ import annotations
@@ -147,7 +148,8 @@ def stf_target(x_noisy, sigma, reference, labels=None, reference_labels=None) ->
     reference: [n, ...] reference images; should contain the generating images.
     labels: optional [B] integer labels of the queries.
     reference_labels: optional [n] labels of the references; with `labels`,
-      only same-label references get weight (spec §4, class-conditional STF/SCT).
+      only same-label references get weight (class-conditional STF and SCT;
+      docs/stf.md#class-conditional-data).
 
   Returns:
     [B, ...] targets in the promoted dtype of (x_noisy, reference), computed in

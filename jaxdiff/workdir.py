@@ -1,0 +1,138 @@
+"""What a run's workdir holds besides checkpoints: its config, and weights from another run.
+
+* `check_config`: the first run writes `config.json`; a rerun on the same
+  workdir compares its config with it and refuses keys that change the math
+  (naming them), so a resumed run is the run it claims to be.
+* `read_init_weights`: `config.init_from` names another run's workdir whose EMA
+  weights start this one (as ECT copies an EDM model's EMA weights into both
+  the network and its EMA). Only the `ema_params` subtree of its newest
+  readable checkpoint is read, so the source may use another objective or
+  optimizer; its architecture must match.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+from jaxdiff import config as config_lib
+from jaxdiff import console, parallel
+from jaxdiff.errors import ConfigError
+
+# Keys that may change between a run and its resumption (they do not change the math).
+# The mesh is one of them: a checkpoint restores onto any mesh (same math up to
+# float reduction order), e.g. after a preempted job comes back on fewer hosts.
+RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.ckpt_every", "train.sample_every",
+                  "train.eval_every", "train.keep_checkpoints", "sample.", "eval.", "mesh.",
+                  "data.prefetch", "curriculum.precompile", "curriculum.study.")
+
+# Config keys that fix the shape of the weights (init_from must match them).
+ARCHITECTURE_KEYS = ("data.image_size", "data.channels", "data.num_classes", "model.name",
+                     "model.model_channels", "model.channel_mult", "model.channel_mult_emb",
+                     "model.num_blocks", "model.attn_resolutions", "model.augment_dim",
+                     "model.hidden_dim", "model.num_layers")
+
+
+def check_config(workdir: str, config, allow_change: bool = False) -> None:
+  """Writes config.json, or compares with the one a previous run wrote there."""
+  path = os.path.join(workdir, "config.json")
+  current = json.loads(config_lib.to_json(config))
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    diffs = config_lib.config_diff(saved, current)
+    blocking = [d for d in diffs if not d.startswith(RESUMABLE_KEYS)]
+    if blocking and not allow_change:
+      raise ConfigError(
+          f"The workdir {workdir} holds a run with a different config; these keys differ:\n  "
+          + "\n  ".join(blocking)
+          + "\nUse a new --workdir, restore the original values, or pass "
+            "--allow_config_change to resume with the new values anyway.")
+    for d in diffs:
+      console.log(f"config change on resume: {d}")
+    if not diffs:
+      return
+  # Every process has read the old file before process 0 replaces it, and the
+  # replacement is atomic (a killed write never leaves half a config.json).
+  parallel.sync_processes("config_json_read")
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+      f.write(config_lib.to_json(config))
+    os.replace(path + ".tmp", path)
+  parallel.sync_processes("config_json_written")
+
+
+def latest_readable_steps(directory: str) -> list[int]:
+  """Finished checkpoint steps in an orbax directory, newest first (temporary dirs skipped)."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted((int(d) for d in os.listdir(directory)
+                 if d.isdigit() and os.path.isdir(os.path.join(directory, d, "state"))),
+                reverse=True)
+
+
+def _check_source_architecture(init_from: str, config) -> None:
+  source_config = os.path.join(init_from, "config.json")
+  if not os.path.exists(source_config):
+    return
+  with open(source_config) as f:
+    saved = json.load(f)
+  current = json.loads(config_lib.to_json(config))
+  diffs = [d for d in config_lib.config_diff(saved, current) if d.startswith(ARCHITECTURE_KEYS)]
+  if diffs:
+    raise ConfigError(
+        f"config.init_from={init_from!r} holds a run with another architecture; these keys "
+        "differ:\n  " + "\n  ".join(diffs) + "\nSet them to the source run's values.")
+
+
+def _shapes(tree) -> dict:
+  return {jax.tree_util.keystr(k): tuple(v.shape)
+          for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _check_shapes(init_from: str, want: dict, have: dict) -> None:
+  if want != have:
+    diff = sorted(f"{k}: {have.get(k, 'absent')} (init_from) vs {want.get(k, 'absent')} (now)"
+                  for k in set(want) | set(have) if want.get(k) != have.get(k))
+    raise ConfigError(
+        f"config.init_from={init_from!r}: its weights do not fit this model ({len(diff)} "
+        "parameters differ):\n  " + "\n  ".join(diff[:10]) +
+        "\nUse the same model and data settings as the source run.")
+
+
+def read_init_weights(init_from: str, config, target):
+  """(EMA weights, step) of `init_from`'s newest readable checkpoint, restored into the
+  shapes and shardings of `target` (abstract params); architecture checked first."""
+  ckpt_dir = os.path.join(init_from, "checkpoints")
+  steps = latest_readable_steps(ckpt_dir)
+  if not steps:
+    raise FileNotFoundError(
+        f"config.init_from={init_from!r} has no checkpoint in {ckpt_dir}; point it at the "
+        "workdir of a finished run (e.g. an EDM run of configs/digits_edm.py), or leave it "
+        "empty (recipes with consistency.pretrain_steps > 0 then train one first).")
+  _check_source_architecture(init_from, config)
+  errors = []
+  for step in steps:
+    path = epath.Path(ckpt_dir) / str(step) / "state"
+    try:
+      meta = dict(ocp.StandardCheckpointer().metadata(path).item_metadata)["ema_params"]
+    except Exception as e:  # noqa: BLE001 - unreadable: try the previous one
+      errors.append(f"step {step}: {type(e).__name__}: {str(e)[:200]}")
+      continue
+    _check_shapes(init_from, _shapes(target), _shapes(meta))
+    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+    try:
+      restored = ocp.PyTreeCheckpointer().restore(
+          path, args=ocp.args.PyTreeRestore(item={"ema_params": target},
+                                            restore_args={"ema_params": restore_args},
+                                            partial_restore=True))
+    except Exception as e:  # noqa: BLE001
+      errors.append(f"step {step}: {type(e).__name__}: {str(e)[:200]}")
+      continue
+    return restored["ema_params"], step
+  raise FileNotFoundError(f"config.init_from={init_from!r}: no checkpoint in {ckpt_dir} could "
+                          "be read:\n  " + "\n  ".join(errors))
