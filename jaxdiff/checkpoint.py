@@ -10,6 +10,7 @@ warning and the next older one is tried; nothing is deleted.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -19,6 +20,14 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+
+from jaxdiff import failures, parallel
+from jaxdiff.errors import CheckpointWriteError
+
+
+# What the filesystem says, somewhere in orbax's / tensorstore's error, when a write fails.
+_OS_CAUSES = ("No space left on device", "Disk quota exceeded", "File too large",
+              "Read-only file system", "Permission denied", "Input/output error")
 
 
 class Checkpointer:
@@ -30,6 +39,7 @@ class Checkpointer:
         enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("state", "host"))
+    self._pending: int | None = None  # the step of the newest save started
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -39,14 +49,43 @@ class Checkpointer:
     return steps[-1] if steps else None
 
   def save(self, step: int, state, host: dict[str, Any], force: bool = False) -> bool:
+    """Starts saving `step` (async); a failure of this or the previous save raises
+    CheckpointWriteError, the earlier checkpoints left intact."""
     if step in self._manager.all_steps():
       return False
-    return self._manager.save(
-        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                      host=ocp.args.JsonSave(host)), force=force)
+    with self._writing(step):
+      saved = self._manager.save(
+          step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                        host=ocp.args.JsonSave(host)), force=force)
+    if saved:
+      self._pending = step
+    return saved
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    with self._writing(self._pending):
+      self._manager.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _writing(self, step):
+    """Turns a failed write (a full disk, a lost filesystem) into one clear error."""
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001 - orbax raises many kinds; all mean "not saved"
+      if failures.is_peer_failure(e):
+        raise  # not the filesystem: a process of the job is gone (jaxdiff.main says so)
+      logging.exception("checkpoint write failed")
+      reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+      cause = next((c for c in _OS_CAUSES if c in str(e)), None)
+      if cause:
+        reason = f"{cause.lower()} ({reason[:200]})"
+      finished = self.all_steps()
+      failed = self._pending if self._pending not in (None, *finished) else step
+      older = [s for s in finished if failed is None or s < failed]
+      kept = f"step {older[-1]}" if older else "none"
+      raise CheckpointWriteError(
+          f"writing checkpoint step {failed} to {self.directory} failed: {reason[:400]}. The "
+          f"checkpoints written before it are intact (newest: {kept}); fix the cause (free "
+          "space, permissions) and rerun the same command to resume.") from e
 
   def restore_step(self, step: int, abstract_state):
     """(state, host, step) of one given checkpoint (errors propagate: the caller asked for it)."""
@@ -70,7 +109,7 @@ class Checkpointer:
       except Exception as e:  # noqa: BLE001 - any failure to load means "unusable"
         error = e
       # All processes must resume from the same step: one failure fails it for all.
-      if _all_processes_ok(error is None):
+      if parallel.all_processes_agree(error is None):
         return restored["state"], dict(restored["host"] or {}), step
       reason = (f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
                 if error is not None else "unreadable on another process")
@@ -88,12 +127,12 @@ class Checkpointer:
     """Renames a bad checkpoint to corrupt-<step>/ (kept for inspection, never deleted)."""
     src = os.path.join(str(self.directory), str(step))
     dst = os.path.join(str(self.directory), f"corrupt-{step}")
-    _sync("jaxdiff_ckpt_move_aside_start")
+    parallel.sync_processes("jaxdiff_ckpt_move_aside_start")
     if jax.process_index() == 0 and os.path.exists(src):
       if os.path.exists(dst):
         shutil.rmtree(dst)
       shutil.move(src, dst)
-    _sync("jaxdiff_ckpt_move_aside_done")
+    parallel.sync_processes("jaxdiff_ckpt_move_aside_done")
     self._manager.reload()
     return dst
 
@@ -101,23 +140,13 @@ class Checkpointer:
     return self._manager.reached_preemption(step)
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
-
-
-def _sync(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
-
-
-def _all_processes_ok(ok: bool) -> bool:
-  if jax.process_count() == 1:
-    return ok
-  from jax.experimental import multihost_utils
-  import numpy as np
-  flags = multihost_utils.process_allgather(np.asarray([int(ok)], np.int32))
-  return bool(np.all(flags))
+    """Waits for a save in flight and closes; a failure here was already reported by
+    `save`/`wait` or is logged (closing must not hide the error that ended the run)."""
+    try:
+      self._manager.wait_until_finished()
+      self._manager.close()
+    except Exception:  # noqa: BLE001
+      logging.exception("closing the checkpoint manager of %s failed", self.directory)
 
 
 class PreemptionWatch:
@@ -149,6 +178,7 @@ class PreemptionWatch:
       return self._ckpt.reached_preemption(step)
     return self.requested
 
-  def restore(self):
+  def close(self):
+    """Gives SIGTERM back to the handler it had before."""
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)

@@ -29,3 +29,17 @@ class DatasetFormatError(ValueError):
 
 class MissingDatasetError(FileNotFoundError):
   """The dataset named by the config has not been prepared in the data dir."""
+
+
+class WorkdirInUseError(RuntimeError):
+  """Another job holds the workdir's lock (one writer per workdir)."""
+
+
+class CheckpointWriteError(RuntimeError):
+  """A checkpoint could not be written (disk full, permissions, a lost filesystem)."""
+
+
+# The errors a user causes or meets: `jaxdiff.main` reports them in one line, exit status 2.
+USER_ERRORS = (ConfigError, NonFiniteLossError, WeightsFileError, DatasetFormatError,
+               MissingDatasetError, WorkdirInUseError, CheckpointWriteError, FileNotFoundError,
+               ValueError)

@@ -105,29 +105,79 @@ def run_mode(config, workdir: str):
     analyze.run(config, workdir)
 
 
+def start_logs(argv) -> str | None:
+  """The detail of this run goes to a log file, the console keeps the progress lines and at
+  most one `error:` line. The log starts outside the workdir (a refused run leaves the
+  workdir untouched); training moves it to <workdir>/logs once the workdir is its own.
+  --compile_only writes nothing."""
+  import jax
+  from jaxdiff import console, failures
+  if _COMPILE_ONLY.value:
+    return None
+  return console.log_to_file(failures.early_log_path(os.getpid(), jax.process_index()), argv)
+
+
+def fail(e: Exception) -> None:
+  """Ends the run on `e` with one line and the status of its kind (jaxdiff/failures.py)."""
+  import jax
+  from jaxdiff import console, errors, failures
+  multi = jax.process_count() > 1
+  logging.error("the run stops on this error:", exc_info=e)
+  where = f" (details: {console.log_path()})" if console.log_path() else ""
+  if multi and failures.is_peer_failure(e):
+    message = (f"process {jax.process_index()} of {jax.process_count()}: a collective "
+               f"operation with the other processes failed ({failures.first_line(e)}): a peer "
+               f"process died or its host was lost; this process stops too. "
+               f"{failures.resume_hint()}")
+    code = failures.PEER_LOST
+  elif isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+    # The environment: a full disk, a read-only or lost filesystem, permissions.
+    path = f" ({e.filename})" if e.filename else ""
+    message = (f"{e.strerror or failures.first_line(e)}{path}{where}. Fix it (free space, "
+               f"permissions); {failures.resume_hint() or 'then rerun the same command.'}")
+    code = failures.USER_ERROR
+  elif isinstance(e, errors.USER_ERRORS):
+    message, code = f"{e}{where}", failures.USER_ERROR
+  else:
+    message = (f"{type(e).__name__}: {failures.first_line(e)}. This is a bug in jaxdiff or "
+               f"its libraries; the traceback is in the log{where}. {failures.resume_hint()}")
+    code = failures.INTERNAL_ERROR
+  if multi:  # peers may be gone: leave without jax.distributed's shutdown barrier
+    failures.exit_now(message, code)
+  console.error(message)
+  sys.exit(code)
+
+
 def main(argv):
-  del argv
-  from jaxdiff import parallel
+  from jaxdiff import liveness, parallel
   try:
     parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                          _PROCESS_ID.value, mode=_DISTRIBUTED.value)
+                                          _PROCESS_ID.value, mode=_DISTRIBUTED.value,
+                                          heartbeat_timeout=liveness.runtime_heartbeat_timeout())
   except ValueError as e:
     _die(str(e))
   import jax  # after distributed init
   if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # the environment's choice wins
     jax.config.update("jax_compilation_cache_dir",
                       os.path.join(os.path.dirname(os.path.abspath(_WORKDIR.value)), ".jax_cache"))
-  from jaxdiff import errors
+  from jaxdiff import errors, failures
+  from jaxdiff import workdir as workdir_lib
+  try:
+    workdir_lib.check_path(_WORKDIR.value)
+  except errors.ConfigError as e:
+    _die(str(e))
+  start_logs(argv)
+  failures.set_context(_WORKDIR.value if _MODE.value == "train" else None, sys.argv)
+  peers = liveness.PeerWatch()
   try:
     run_mode(_CONFIG.value, _WORKDIR.value)
-  except (errors.ConfigError, FileNotFoundError, errors.NonFiniteLossError, ValueError) as e:
-    # Bad input (config, data, files): one clear line, not a traceback; the
-    # traceback stays available with --verbosity=1.
-    logging.debug("traceback of the error below", exc_info=True)
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
+  except Exception as e:  # noqa: BLE001 - every failure ends in one line (jaxdiff/failures.py)
+    fail(e)
+  peers.close()
 
 
 if __name__ == "__main__":
+  from jaxdiff import supervisor
+  if supervisor.wanted(sys.argv):  # a multi-process job: the work runs in a watched child
+    sys.exit(supervisor.run(sys.argv))
   app.run(main, flags_parser=parse_flags)

@@ -80,7 +80,8 @@ def maybe_initialize_distributed(coordinator: str | None = None,
                                  num_processes: int | None = None,
                                  process_id: int | None = None,
                                  local_device_count: int | None = None,
-                                 mode: str | None = None) -> bool:
+                                 mode: str | None = None,
+                                 heartbeat_timeout: int | None = None) -> bool:
   """Starts JAX's distributed runtime once, when this is a multi-process job.
 
   Returns whether it is running. Order of precedence:
@@ -92,6 +93,7 @@ def maybe_initialize_distributed(coordinator: str | None = None,
        itself from the environment.
     3. Otherwise one process: nothing to start.
   Must run before anything touches a JAX backend (jax.devices(), arrays).
+  `heartbeat_timeout` is jax.distributed's (seconds; None: JAX's default).
   """
   mode = (mode or os.environ.get(ENV_DISTRIBUTED, "auto")).lower()
   if mode not in ("auto", "on", "off"):
@@ -109,6 +111,7 @@ def maybe_initialize_distributed(coordinator: str | None = None,
     jax.config.update("jax_num_cpu_devices", int(local_device_count))
   if mode == "off":
     return False
+  timeout = {"heartbeat_timeout_seconds": heartbeat_timeout} if heartbeat_timeout else {}
   if coordinator:
     if num_processes is None or process_id is None:
       raise ValueError(
@@ -119,13 +122,14 @@ def maybe_initialize_distributed(coordinator: str | None = None,
       raise ValueError(f"process_id={process_id} must be in [0, num_processes={num_processes}).")
     if num_processes == 1:
       return False  # a one-process "job": nothing to coordinate
-    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id,
+                               **timeout)
     logging.info("jax.distributed: process %d of %d via %s", jax.process_index(),
                  jax.process_count(), coordinator)
     return True
   cluster = detect_cluster() or ("tpu-vm" if _on_cloud_tpu_vm() else None)
   if mode == "on" or cluster:
-    jax.distributed.initialize()  # auto-detects the cluster from its environment
+    jax.distributed.initialize(**timeout)  # auto-detects the cluster from its environment
     logging.info("jax.distributed (%s): process %d of %d", cluster or "forced",
                  jax.process_index(), jax.process_count())
     return True
@@ -289,3 +293,12 @@ def sync_processes(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
+
+
+def all_processes_agree(ok: bool) -> bool:
+  """True when `ok` holds on every process (one failure fails it for all)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils
+  flags = multihost_utils.process_allgather(np.asarray([int(ok)], np.int32))
+  return bool(np.all(flags))

@@ -1,5 +1,7 @@
 """What a run's workdir holds besides checkpoints: its config, and weights from another run.
 
+* `check_path`: the workdir is a directory, or can become one (its writer's lock
+  is `jaxdiff/lock.py`).
 * `check_config`: the first run writes `config.json`; a rerun on the same
   workdir compares its config with it and refuses keys that change the math
   (naming them), so a resumed run is the run it claims to be.
@@ -19,7 +21,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from jaxdiff import config as config_lib
-from jaxdiff import console, parallel
+from jaxdiff import console, failures, parallel
 from jaxdiff.errors import ConfigError
 
 # Keys that may change between a run and its resumption (they do not change the math).
@@ -34,6 +36,19 @@ ARCHITECTURE_KEYS = ("data.image_size", "data.channels", "data.num_classes", "mo
                      "model.model_channels", "model.channel_mult", "model.channel_mult_emb",
                      "model.num_blocks", "model.attn_resolutions", "model.augment_dim",
                      "model.hidden_dim", "model.num_layers")
+
+
+def check_path(workdir: str) -> None:
+  """The workdir is a directory, or can become one."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f"--workdir={workdir} is a file, not a directory; pass a directory (it is "
+                      "created if it does not exist).")
+  parent = os.path.dirname(os.path.abspath(workdir))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+    raise ConfigError(f"--workdir={workdir} cannot be created: {parent} is not a writable "
+                      "directory.")
 
 
 def check_config(workdir: str, config, allow_change: bool = False) -> None:
@@ -64,15 +79,6 @@ def check_config(workdir: str, config, allow_change: bool = False) -> None:
       f.write(config_lib.to_json(config))
     os.replace(path + ".tmp", path)
   parallel.sync_processes("config_json_written")
-
-
-def latest_readable_steps(directory: str) -> list[int]:
-  """Finished checkpoint steps in an orbax directory, newest first (temporary dirs skipped)."""
-  if not os.path.isdir(directory):
-    return []
-  return sorted((int(d) for d in os.listdir(directory)
-                 if d.isdigit() and os.path.isdir(os.path.join(directory, d, "state"))),
-                reverse=True)
 
 
 def _check_source_architecture(init_from: str, config) -> None:
@@ -108,7 +114,7 @@ def read_init_weights(init_from: str, config, target):
   """(EMA weights, step) of `init_from`'s newest readable checkpoint, restored into the
   shapes and shardings of `target` (abstract params); architecture checked first."""
   ckpt_dir = os.path.join(init_from, "checkpoints")
-  steps = latest_readable_steps(ckpt_dir)
+  steps = failures.finished_checkpoint_steps(ckpt_dir)
   if not steps:
     raise FileNotFoundError(
         f"config.init_from={init_from!r} has no checkpoint in {ckpt_dir}; point it at the "

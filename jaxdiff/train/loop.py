@@ -20,9 +20,11 @@ import os
 import jax
 import jax.numpy as jnp
 import ml_collections
+from absl import logging
 
 from jaxdiff import checkpoint as ckpt_lib
-from jaxdiff import console, workdir as workdir_lib
+from jaxdiff import console, lock
+from jaxdiff import workdir as workdir_lib
 from jaxdiff.curriculum.runtime import Curriculum, StagePrecompiler
 from jaxdiff.data import pipeline
 from jaxdiff.errors import NonFiniteLossError
@@ -34,15 +36,25 @@ from jaxdiff.train.metrics import MetricWriter, Progress
 
 def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False,
           mesh=None) -> dict:
-  """Trains (or resumes) the run in `workdir`; returns the final summary."""
-  exp = Experiment(config, mesh=mesh)
-  console.log(exp.preflight_line())  # before any restore or compilation
-  workdir_lib.check_config(workdir, config, allow_config_change)
-  trainer = Trainer(exp, workdir)  # closes what it opened if it fails
-  try:
-    return trainer.run()
-  finally:
+  """Trains (or resumes) the run in `workdir`; returns the final summary.
+
+  The workdir has one writer: its lock is held from the start to the end
+  (jaxdiff/lock.py); a second job on it stops at once, naming this one.
+  """
+  workdir_lib.check_path(workdir)
+  with lock.WorkdirLock(workdir):
+    exp = Experiment(config, mesh=mesh)
+    console.log(exp.preflight_line())  # before any restore or compilation
+    workdir_lib.check_config(workdir, config, allow_config_change)
+    console.move_log(os.path.join(workdir, "logs", f"process_{jax.process_index()}.log"))
+    trainer = Trainer(exp, workdir)  # closes what it opened if it fails
+    try:
+      summary = trainer.run()
+    except BaseException:
+      trainer.close(quiet=True)  # a failure while closing must not hide this one
+      raise
     trainer.close()
+    return summary
 
 
 def init_from_dir(exp: Experiment, workdir: str) -> str:
@@ -101,7 +113,7 @@ class Trainer:
       self.progress = Progress(self.total, self.step)
       self.watch = ckpt_lib.PreemptionWatch(self.checkpointer)
     except BaseException:
-      self.close()
+      self.close(quiet=True)
       raise
 
   # ---------------------------------------------------------------- stages
@@ -216,12 +228,17 @@ class Trainer:
         json.dump(summary, f, indent=2)
     return summary
 
-  def close(self) -> None:
-    self.stage_steps.close()
-    if self.watch is not None:
-      self.watch.restore()
-    if self.batches is not None:
-      self.batches.close()
-    if self.writer is not None:
-      self.writer.close()
-    self.checkpointer.close()
+  def close(self, quiet: bool = False) -> None:
+    """Closes everything it opened, each even if another fails; the first failure is
+    raised afterwards, or only logged when `quiet` (the run already failed)."""
+    parts = [self.stage_steps, self.watch, self.batches, self.writer, self.checkpointer]
+    first = None
+    for part in filter(None, parts):
+      try:
+        part.close()
+      except Exception as e:  # noqa: BLE001
+        logging.exception("closing %s failed", type(part).__name__)
+        first = first or e
+    if first is not None and not quiet:
+      raise first
+
