@@ -252,6 +252,32 @@ def test_resume_mid_stage_equals_uninterrupted(tmp_path):
   assert host_a["curriculum"] == host_b["curriculum"]
 
 
+def test_host_reads_each_step_one_step_late(tmp_path, monkeypatch):
+  """While step s runs the host reads only step s - 1's scalars: no per-step device sync."""
+  reads, original_step, original_observe = [], loop.Trainer.train_step, loop.Trainer.observe
+
+  def train_step(self):
+    self.in_step = True
+    try:
+      return original_step(self)
+    finally:
+      self.in_step = False
+
+  def observe(self, step, metrics, pacer=None):
+    if getattr(self, "in_step", False):
+      assert metrics is not self.metrics, "read the metrics of the step just dispatched"
+      reads.append((self.step - 1, step))
+    return original_observe(self, step, metrics, pacer)
+
+  monkeypatch.setattr(loop.Trainer, "train_step", train_step)
+  monkeypatch.setattr(loop.Trainer, "observe", observe)
+  c = toy_config(num_steps=6, enabled=True, num_clusters=3, pacing="patience", window=1,
+                 tau=0, cap=2)
+  loop.train(c, str(tmp_path), mesh=mesh_of(2))
+  assert reads == [(s, s - 1) for s in range(1, 6)]
+  assert len(set(stage_per_step(tmp_path).values())) >= 2  # the pacer still moved
+
+
 # ----------------------------------------------------------------- digits recipe
 
 

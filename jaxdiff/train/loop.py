@@ -14,6 +14,7 @@ batch of a step is a function of (seed, step).
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 
@@ -101,6 +102,10 @@ class Trainer:
     # One compiled step per curriculum stage; later stages compile in the background.
     self.stage_steps = StagePrecompiler(exp.compiler)
     self.writer = self.batches = self.watch = self.metrics = None
+    # The newest step's metrics, read on the host one step later (no per-step sync), and
+    # the stage of the first step after a resume (see `host_state`).
+    self.pending: tuple[int, dict] | None = None
+    self.resumed_stage: int | None = None
     try:
       self.state = self.start_state()
       self.step = int(self.state.step)
@@ -125,6 +130,7 @@ class Trainer:
     if restored is not None:
       state, host, step = restored
       self.curriculum.load_state_dict(host.get("curriculum", {}))
+      self.resumed_stage = host.get("curriculum_next_stage")
       console.log(f"resumed from step {step} in {self.checkpointer.directory}")
       return state
     init_from = init_from_dir(exp, self.workdir)
@@ -158,32 +164,51 @@ class Trainer:
     self.stage_steps.prefetch(exp.all_step_keys(cur.keys_to_precompile()))
 
   def train_step(self) -> int:
-    """One update; returns the curriculum stage it trained on."""
+    """Dispatches one update, then reads the previous one's scalars; returns the stage it
+    trained on.
+
+    The host reads device values one step behind: the loss the patience rule needs
+    and the non-finite streak of step s - 1 are read while step s runs, so the host
+    never waits for the step it just dispatched and keeps the device busy (the values
+    are global-batch reductions: every host decides alike). The stage of step s + 1
+    is therefore decided by the losses of steps up to s - 1, also after a resume.
+    """
     exp, cur = self.exp, self.curriculum
-    trained_stage = cur.stage  # the stage this step trains on (logged with it)
-    step_fn = self.stage_steps(exp.step_key(cur.mask(), self.step))
+    trained_stage = cur.stage if self.resumed_stage is None else self.resumed_stage
+    self.resumed_stage = None
+    step_fn = self.stage_steps(exp.step_key(cur.mask(trained_stage), self.step))
     batch = self.batches.get(self.step) if self.batches else exp.global_batch(self.step)
     self.state, self.metrics = step_fn(self.state, batch)
     self.step += 1
-    if cur.enabled:
-      # The patience rule needs the loss every step (a global-batch mean, so every host
-      # decides alike); the fixed rule only the step, so it does not sync with the device.
-      cur.observe(self.step - 1, float(self.metrics["loss"]) if cur.needs_loss else None)
-      if cur.stage != trained_stage:
-        console.log(f"curriculum: stage {trained_stage} -> {cur.stage} after step {self.step}")
-        self.precompile(current_stage=False)
-        # A 20-stage run would otherwise hold 20 executables in host memory.
-        self.stage_steps.drop_except(exp.all_step_keys([cur.mask()] + cur.keys_to_precompile()))
-    self.check_finite()
+    previous, self.pending = self.pending, (self.step - 1, self.metrics)
+    if cur.enabled and not cur.needs_loss:
+      cur.observe(self.step - 1, None)  # fixed pacing: a function of the step alone
+    if previous is not None:
+      self.observe(*previous)
+    if cur.stage != trained_stage:
+      console.log(f"curriculum: stage {trained_stage} -> {cur.stage} after step {self.step}")
+      self.precompile(current_stage=False)
+      # A 20-stage run would otherwise hold 20 executables in host memory.
+      self.stage_steps.drop_except(exp.all_step_keys([cur.mask()] + cur.keys_to_precompile()))
     return trained_stage
 
-  def check_finite(self) -> None:
-    streak = int(self.metrics["nonfinite_streak"])
+  def host_scalars(self, metrics: dict) -> dict:
+    """The values the host decides on, in one transfer."""
+    return jax.device_get({"loss": metrics["loss"],
+                           "nonfinite_streak": metrics["nonfinite_streak"]})
+
+  def observe(self, step: int, metrics: dict, pacer=None) -> None:
+    """The host's decisions on step `step`'s metrics: the patience rule, the non-finite guard."""
+    values = self.host_scalars(metrics)
+    streak = int(values["nonfinite_streak"])
     if streak > self.config.optim.max_consecutive_nonfinite:
       raise NonFiniteLossError(
-          f"{streak} consecutive steps had non-finite gradients (up to step {self.step}); the "
+          f"{streak} consecutive steps had non-finite gradients (up to step {step + 1}); the "
           f"run stops. The last good checkpoint in {self.workdir} is intact; lower "
           "config.optim.lr, enable config.optim.grad_clip or check the data.")
+    cur = pacer or self.curriculum
+    if cur.enabled and cur.needs_loss:
+      cur.observe(step, float(values["loss"]))
 
   def log(self, trained_stage: int) -> None:
     cur, step = self.curriculum, self.step
@@ -199,7 +224,18 @@ class Trainer:
       self.writer.write(step, {"curriculum/stage": trained_stage})
 
   def host_state(self) -> dict:
-    return {"curriculum": self.curriculum.state_dict()}
+    """The curriculum as of the newest step, and the stage the next step trains on.
+
+    The newest step's loss is still unread (`train_step`); a checkpoint applies it to a
+    copy of the pacer, so the saved state has seen every step, and records the stage
+    the uninterrupted run uses next (decided one step earlier), which a resumed run uses.
+    """
+    cur = self.curriculum
+    if self.pending is None:
+      return {"curriculum": cur.state_dict()}
+    seen = copy.deepcopy(cur)
+    self.observe(*self.pending, pacer=seen)
+    return {"curriculum": seen.state_dict(), "curriculum_next_stage": cur.stage}
 
   def save_and_stop(self) -> dict:
     self.checkpointer.save(self.step, self.state, self.host_state(), force=True)
@@ -211,6 +247,8 @@ class Trainer:
   def finish(self) -> dict:
     """Final samples, the quality figure and summary.json."""
     exp = self.exp
+    if self.pending is not None:
+      self.observe(*self.pending)  # the last step's guard
     self.checkpointer.wait()
     self.stage_steps.close()  # a background compilation still running joins the log first
     summary = {"step": self.step, "num_params": exp.num_params,
