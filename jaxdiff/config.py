@@ -20,7 +20,7 @@ from typing import Any, Iterable
 
 import ml_collections
 
-from jaxdiff import objectives
+from jaxdiff import models, objectives
 from jaxdiff.curriculum import settings as curriculum_settings
 from jaxdiff.errors import ConfigError
 
@@ -62,6 +62,10 @@ def _generic_sections(c: ml_collections.ConfigDict) -> None:
   c.model.label_dropout = 0.0
   c.model.augment_dim = 0
   c.model.dtype = "float32"
+  # Rematerialisation (docs/implementation.md#memory): "none" keeps every activation for
+  # the backward pass; "blocks" keeps only each UNet block's inputs and recomputes the
+  # block inside the backward pass; "full" recomputes the whole network.
+  c.model.remat = "none"
   c.model.hidden_dim = 128       # mlp only
   c.model.num_layers = 3         # mlp only
 
@@ -103,6 +107,9 @@ def _training_sections(c: ml_collections.ConfigDict) -> None:
   c.train.sample_every = 0       # 0: only at the end
   c.train.eval_every = 0         # 0: only at the end
   c.train.loss_buckets = 6       # per-noise-level loss buckets in the logs
+  # Gradient accumulation (EDM's --batch-gpu): the global batch runs as this many equal
+  # microbatches one after another, their gradients averaged into one update.
+  c.train.microbatches = 1
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1               # -1: fill with the remaining devices
@@ -191,6 +198,11 @@ def _validate_generic(config) -> None:
   for key in ("log_every", "ckpt_every"):
     check_positive(f"train.{key}", config.train[key])
   check_positive("train.keep_checkpoints", config.train.keep_checkpoints)
+  check_microbatches(config)
+  check_choice("model.remat", config.model.remat, models.REMAT_POLICIES)
+  if config.model.remat == "blocks" and config.model.name == "mlp":
+    raise ConfigError("config.model.remat='blocks' checkpoints UNet blocks and the mlp has "
+                      "none; use --config.model.remat=full or none.")
   check_positive("sample.num_steps", config.sample.num_steps)
   check_choice("model.dtype", config.model.dtype, ("float32", "bfloat16"))
   check_positive("eval.fid_num_samples", config.eval.fid_num_samples)
@@ -207,6 +219,28 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   objectives.get(config.objective.name).validate_config(config, num_devices)
   if num_devices is not None:
     check_batch_divides(config.data.batch_size, num_devices)
+    check_microbatches(config, num_devices)
+
+
+def check_microbatches(config, num_devices: int | None = None) -> None:
+  k, batch = config.train.microbatches, config.data.batch_size
+  check_positive("train.microbatches", k)
+  if batch % k:
+    raise ConfigError(f"config.train.microbatches={k} does not divide config.data.batch_size="
+                      f"{batch}; use a divisor, e.g. --config.train.microbatches="
+                      f"{max(d for d in range(1, k + 1) if batch % d == 0)}.")
+  if num_devices is not None and (batch // k) % num_devices:
+    fits = [d for d in range(1, batch + 1) if batch % d == 0 and (batch // d) % num_devices == 0]
+    raise ConfigError(
+        f"config.train.microbatches={k} leaves microbatches of {batch // k} examples, not "
+        f"divisible by the {num_devices} devices; use --config.train.microbatches="
+        f"{max([d for d in fits if d <= k] or [1])} (every microbatch spans all devices).")
+  method = objectives.get(config.objective.name)
+  if k > 1 and not method.per_example_loss:
+    raise ConfigError(
+        f"config.train.microbatches={k}: the {config.objective.name!r} objective's targets "
+        "depend on the whole batch, so a microbatch would change the method; use "
+        "--config.train.microbatches=1 (or a smaller data.batch_size).")
 
 
 def check_batch_divides(batch_size: int, num_devices: int) -> None:

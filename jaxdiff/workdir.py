@@ -29,7 +29,9 @@ from jaxdiff.errors import ConfigError
 # float reduction order), e.g. after a preempted job comes back on fewer hosts.
 RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.ckpt_every", "train.sample_every",
                   "train.eval_every", "train.keep_checkpoints", "sample.", "eval.", "mesh.",
-                  "data.prefetch", "curriculum.precompile", "curriculum.study.")
+                  "data.prefetch", "curriculum.precompile", "curriculum.study.",
+                  # Memory levers: the same method, laid out differently on the device.
+                  "train.microbatches", "model.remat")
 
 # Config keys that fix the shape of the weights (init_from must match them).
 ARCHITECTURE_KEYS = ("data.image_size", "data.channels", "data.num_classes", "model.name",
@@ -56,8 +58,9 @@ def check_config(workdir: str, config, allow_change: bool = False) -> None:
   path = os.path.join(workdir, "config.json")
   current = json.loads(config_lib.to_json(config))
   if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+    # Keys added to jaxdiff since that run take their defaults (which keep the old
+    # behaviour), so a newer jaxdiff resumes an older run.
+    saved = json.loads(config_lib.to_json(config_lib.workdir_config(workdir)))
     diffs = config_lib.config_diff(saved, current)
     blocking = [d for d in diffs if not d.startswith(RESUMABLE_KEYS)]
     if blocking and not allow_change:

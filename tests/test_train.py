@@ -113,6 +113,22 @@ def test_resume_with_changed_config_names_the_keys(tmp_path):
     loop.train(c2, str(tmp_path), mesh=mesh_of(1))
 
 
+def test_resume_accepts_new_keys_at_their_defaults_and_memory_levers(tmp_path):
+  """A run from an older jaxdiff lacks keys added since; they take their defaults. The
+  memory levers (microbatches, remat) may change on resume: same method, other layout."""
+  c = toy_config(train__num_steps=2, train__ckpt_every=2)
+  loop.train(c, str(tmp_path), mesh=mesh_of(1))
+  path = os.path.join(tmp_path, "config.json")
+  with open(path) as f:
+    saved = json.load(f)
+  del saved["train"]["microbatches"], saved["model"]["remat"]
+  with open(path, "w") as f:
+    json.dump(saved, f)
+  c4 = toy_config(train__num_steps=4, train__ckpt_every=2, train__microbatches=2,
+                  model__remat="full")
+  assert loop.train(c4, str(tmp_path), mesh=mesh_of(1))["step"] == 4
+
+
 @pytest.mark.parametrize("key,value,match", [
     ("data__name", "mnist", r"config\.data\.name='mnist' is not allowed"),
     ("optim__name", "sgd", r"config\.optim\.name='sgd'"),

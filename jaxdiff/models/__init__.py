@@ -19,6 +19,11 @@ from jaxdiff.models.mlp import MLPDenoiser
 from jaxdiff.models.unet import SongUNet, UNetBlock
 
 MODEL_NAMES = ('ddpmpp', 'ncsnpp', 'mlp')
+# Rematerialisation policies (docs/implementation.md#memory): 'blocks' checkpoints every
+# UNet block (the backward pass recomputes a block from its input); 'full' in addition
+# checkpoints the whole network, so that between a network call and its backward pass only
+# the call's inputs stay alive (losses with several network calls: consistency, ACT).
+REMAT_POLICIES = ('none', 'blocks', 'full')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 # The architectural choices that the recipe name fixes (EDM train.py --arch).
@@ -33,7 +38,7 @@ _SONG_UNET_VARIANTS = {
 # Used where model_config lacks a key: EDM's CIFAR-10 recipe (train.py, --arch=ddpmpp).
 _DEFAULTS = dict(model_channels=128, channel_mult=(2, 2, 2), channel_mult_emb=4, num_blocks=4,
                  attn_resolutions=(16,), dropout=0.13, label_dropout=0.0, augment_dim=0,
-                 dtype='float32', hidden_dim=128, num_layers=3)
+                 dtype='float32', hidden_dim=128, num_layers=3, remat='none')
 
 
 def _get(model_config: Mapping[str, Any], key: str):
@@ -52,7 +57,8 @@ def build_model(model_config, *, image_shape, num_classes: int = 0) -> nn.Module
   Args:
     model_config: ConfigDict (or mapping) with ``name`` in ``MODEL_NAMES`` and the keys
       model_channels, channel_mult, channel_mult_emb, num_blocks, attn_resolutions, dropout,
-      label_dropout, augment_dim, dtype ('float32' | 'bfloat16'); for 'mlp': hidden_dim,
+      label_dropout, augment_dim, dtype ('float32' | 'bfloat16'), remat (``REMAT_POLICIES``;
+      'full' is applied by the caller, see ``remat_whole_network``); for 'mlp': hidden_dim,
       num_layers. Missing keys take EDM's CIFAR-10 values. 'ddpmpp' / 'ncsnpp' fix the
       embedding, encoder/decoder and resampling filter as in EDM.
     image_shape: (H, W, C) for the UNets, (D,) for 'mlp'.
@@ -67,6 +73,9 @@ def build_model(model_config, *, image_shape, num_classes: int = 0) -> nn.Module
   dtype_name = _get(model_config, 'dtype')
   if dtype_name not in DTYPES:
     raise ValueError(f'model.dtype={dtype_name!r} is not one of {tuple(DTYPES)}')
+  remat = _get(model_config, 'remat')
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f'model.remat={remat!r} is not one of {REMAT_POLICIES}')
   image_shape = tuple(int(s) for s in image_shape)
   common = dict(
       label_dim=int(num_classes),
@@ -76,6 +85,9 @@ def build_model(model_config, *, image_shape, num_classes: int = 0) -> nn.Module
       dtype=DTYPES[dtype_name])
 
   if name == 'mlp':
+    if remat == 'blocks':
+      raise ValueError("model.remat='blocks' checkpoints UNet blocks, and the mlp has none; "
+                       "use --config.model.remat=full or none")
     if len(image_shape) != 1:
       raise ValueError(f"model.name='mlp' needs a data shape (D,); got {image_shape}")
     return MLPDenoiser(out_dim=image_shape[0],
@@ -101,7 +113,13 @@ def build_model(model_config, *, image_shape, num_classes: int = 0) -> nn.Module
       channel_mult_emb=int(_get(model_config, 'channel_mult_emb')),
       num_blocks=int(_get(model_config, 'num_blocks')),
       attn_resolutions=tuple(int(r) for r in _get(model_config, 'attn_resolutions')),
-      **_SONG_UNET_VARIANTS[name], **common)
+      remat_blocks=remat in ('blocks', 'full'), **_SONG_UNET_VARIANTS[name], **common)
+
+
+def remat_whole_network(model_config) -> bool:
+  """Whether the network's callers checkpoint each call as a whole (`REMAT_POLICIES`)."""
+  return _get(model_config, 'remat') == 'full'
+
 
 
 def count_params(params) -> int:
@@ -109,5 +127,5 @@ def count_params(params) -> int:
   return int(sum(np.prod(leaf.shape, dtype=np.int64) for leaf in jax.tree.leaves(params)))
 
 
-__all__ = ['MODEL_NAMES', 'LOGICAL_AXIS_NAMES', 'build_model', 'count_params', 'SongUNet',
+__all__ = ['MODEL_NAMES', 'REMAT_POLICIES', 'remat_whole_network', 'LOGICAL_AXIS_NAMES', 'build_model', 'count_params', 'SongUNet',
            'UNetBlock', 'MLPDenoiser']

@@ -159,6 +159,9 @@ class SongUNet(nn.Module):
   encoder_type: str = 'standard'
   decoder_type: str = 'standard'
   resample_filter: Sequence[float] = (1, 1)
+  # Checkpoint every block: the backward pass recomputes a block from its input
+  # (models.REMAT_POLICIES); the parameters and the outputs are unchanged.
+  remat_blocks: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -174,7 +177,9 @@ class SongUNet(nn.Module):
                        f'2**(len(channel_mult)-1) = {2 ** (levels - 1)}; got {height}x{width}')
     out_dtype = x.dtype
     x = x.astype(self.dtype)
-    block = lambda out, name, **kw: UNetBlock(
+    # `train` (argument 3 counting the module) decides dropout in Python: static.
+    block_cls = nn.remat(UNetBlock, static_argnums=(3,)) if self.remat_blocks else UNetBlock
+    block = lambda out, name, **kw: block_cls(
         out, dropout=self.dropout, resample_filter=self.resample_filter, dtype=self.dtype,
         name=name, **kw)
 

@@ -122,14 +122,23 @@ class LognormalSampler:
 ApplyFn = Callable[..., jax.Array]
 
 
-def make_apply_fn(model) -> ApplyFn:
-  """Adapts a Linen module to the raw-network signature the objectives use."""
+def make_apply_fn(model, remat_whole: bool = False) -> ApplyFn:
+  """Adapts a Linen module to the raw-network signature the objectives use.
+
+  `remat_whole` checkpoints each call as a whole (`models.remat_whole_network`): its
+  activations are recomputed in the backward pass, only the inputs are kept.
+  """
 
   def apply_fn(params, x, c_noise, class_labels=None, augment_labels=None, train=False,
                dropout_key=None):
-    rngs = {"dropout": dropout_key} if (train and dropout_key is not None) else {}
-    return model.apply({"params": params}, x, c_noise, class_labels, augment_labels,
-                       train=train, rngs=rngs)
+    def call(params, x, c_noise, class_labels, augment_labels, dropout_key):
+      rngs = {"dropout": dropout_key} if (train and dropout_key is not None) else {}
+      return model.apply({"params": params}, x, c_noise, class_labels, augment_labels,
+                         train=train, rngs=rngs)
+
+    if remat_whole:
+      call = jax.checkpoint(call)
+    return call(params, x, c_noise, class_labels, augment_labels, dropout_key)
 
   return apply_fn
 
@@ -154,6 +163,11 @@ class Objective:
   # step and the lazy-R1 step). The trainer asks `variant_for_step` on the host,
   # from the step number only, so every host and a resumed run pick the same one.
   step_variants: tuple = (None,)
+
+  # Whether the loss is the mean of per-example terms given the key, so that the
+  # trainer may compute it over microbatches (`train.microbatches`); False for
+  # objectives whose targets depend on the whole batch (STF's reference set).
+  per_example_loss = True
 
   # Whether `sample` draws fresh noise from its key (then FID runs it per image, so
   # that every image is a function of its own seed).

@@ -47,7 +47,7 @@ class Experiment:
     self.num_classes = int(config.data.num_classes)
     self.model = models.build_model(config.model, image_shape=self.example_shape,
                                     num_classes=self.num_classes)
-    self.apply_fn = base.make_apply_fn(self.model)
+    self.apply_fn = base.make_apply_fn(self.model, models.remat_whole_network(config.model))
     self.tx = optim.make_optimizer(config.optim)
     self._objectives: dict[Any, base.Objective] = {}
     self.objective = self.objective_for(None)

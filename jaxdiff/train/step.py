@@ -18,7 +18,11 @@ import optax
 
 from jaxdiff import optim
 from jaxdiff.objectives import base
+from jaxdiff.train import microbatch
 from jaxdiff.train.state import TrainState
+
+# Metrics objectives return per example (for the loss-by-noise-level buckets).
+PER_EXAMPLE_METRICS = ("per_sample_loss", "sigma")
 
 
 def init_params(model: nn.Module, key: jax.Array, example_shape, num_classes: int,
@@ -70,15 +74,18 @@ def make_train_step(objective: base.Objective, tx: optax.GradientTransformation,
   batch_size = config.data.batch_size
   policy = config.optim.nonfinite
   rng_impl = config.rng_impl
+  num_microbatches = int(config.train.microbatches)
 
   def train_step(state: TrainState, batch: dict):
     # The step's randomness is a function of (seed, step) only: exact resume.
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng, impl=rng_impl), state.step)
 
-    def loss_fn(params):
-      return objective.loss(params, state.aux, batch, key, state.step)
+    def loss_fn(params, part, part_key):
+      return objective.loss(params, state.aux, part, part_key, state.step)
 
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, metrics), grads = microbatch.value_and_grad(
+        loss_fn, state.params, batch, key, num_microbatches, PER_EXAMPLE_METRICS,
+        mesh=objective.mesh)
     finite = optim.all_finite(grads) & jnp.isfinite(loss)
     if policy == "zero":
       grads = optim.zero_nonfinite(grads)

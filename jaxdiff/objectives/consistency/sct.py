@@ -82,6 +82,8 @@ def phased_sampler(phase_fn: Callable, latents, edges: tuple[float, ...], sigma_
 class SCT(ECT):
   config_keys = CONFIG
   supports_phases = True
+  # x0_hat is STF's reference-set average, which holds the minibatch's own images.
+  per_example_loss = False
 
   def __init__(self, *args, stf_target: STFObjective, r0_target: str = "x0_hat",
                phase_edges: tuple[float, ...] = (), edge_skip_eta: float = 0.0, **kw):

@@ -116,6 +116,8 @@ class STFObjective(EDMObjective):
   """EDM loss with the Stable Target Field target (see the module docstring)."""
 
   config_keys = CONFIG
+  # The reference set holds the minibatch's own images: a microbatch would change it.
+  per_example_loss = False
 
   def __init__(self, apply_fn, noise_sampler, *, sigma_data: float = 0.5, num_classes: int = 0,
                reference_size: int = 4096, mode: str = "per_device",
