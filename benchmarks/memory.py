@@ -20,7 +20,15 @@
    state part of `fixed` shrinks to its sharded size (computed, not compiled).
    These are estimates from XLA's buffer assignment for *this* backend: on a
    GPU the same command compiles for the GPU and reports its numbers; on CPU
-   the fusion decisions (hence temporaries) differ from a GPU's.
+   the fusion decisions (hence temporaries) differ from a GPU's. The fit is
+   `jaxdiff.commands.compile.fit_batch`, which `--compile_only --fit_memory_gb=N`
+   runs for a config.
+3. Memory levers (`--levers size:batch`, one device): the step with
+   `model.remat` none / blocks / full and `train.microbatches` 2 / 4, for EDM
+   and ECT: XLA's peak and, for remat, the bytes the loss's forward pass keeps
+   for the backward pass (`jax.vjp` residuals, traced abstractly). XLA's CPU
+   backend merges the recomputation back into the forward pass, so on CPU remat
+   moves only the second figure; on a GPU the peak shows it.
 """
 from __future__ import annotations
 
@@ -120,32 +128,82 @@ def state_rows(recipes) -> list[dict]:
 
 
 def extrapolate_rows(recipe: str, batches=(8, 16)) -> tuple[list[dict], dict]:
+  """Largest batch per 80 GB device: `jaxdiff.commands.compile.fit_batch`, the fit behind
+  `--compile_only --fit_memory_gb`, on synthetic data of the recipe's size."""
   import jax
   from benchmarks import common
-  mesh = common.mesh_of(jax.devices()[:1])
-  peaks = {}
-  rep = None
-  for b in batches:
-    rep = compile_step(recipe, b, mesh)
-    peaks[b] = rep["peak_bytes_estimate"]
-  b1, b2 = batches
-  slope = (peaks[b2] - peaks[b1]) / (b2 - b1)
-  fixed = peaks[b1] - slope * b1
-  state = sum(rep["state"].values())
-  max_b = math.floor((CARD_BYTES - fixed) / slope) if slope > 0 else float("inf")
-  # FSDP over 8 devices: the (params + EMA + optimizer) part of `fixed` divided by 8
-  # (upper bound of the gain: all leaves counted as sharded).
+  from jaxdiff.commands import compile as compile_cmd
+  fit = compile_cmd.fit_batch(common.make_config(recipe, batches[0]), CARD_BYTES,
+                              common.mesh_of(jax.devices()[:1]), batches,
+                              build=common.experiment)
+  slope, fixed, state = fit["bytes_per_example"], fit["fixed_bytes"], fit["state_bytes"]
+  peaks = fit["peaks"]
+  max_b = fit["largest_per_device_batch"]
+  # FSDP over 8 devices: the state part of `fixed` divided by 8 (upper bound of the gain:
+  # all leaves counted as sharded).
   fixed_fsdp = fixed - state * (1 - 1 / 8)
   max_b_fsdp = math.floor((CARD_BYTES - fixed_fsdp) / slope) if slope > 0 else float("inf")
   s = common.SIZES[recipe]
+  b1, b2 = batches
   return [dict(
-      item=f"{recipe} ({s['image_size']}x{s['image_size']}, {rep['num_params']:,} params): "
+      item=f"{recipe} ({s['image_size']}x{s['image_size']}, {fit['num_params']:,} params): "
            "max batch per 80 GB device",
       value=f"{max_b} (FSDP=8: ~{max_b_fsdp})",
       note=(f"fp32; XLA peak {fmt(peaks[b1])} at batch {b1}, {fmt(peaks[b2])} at {b2}: "
             f"{fmt(slope)}/image + {fmt(fixed)} fixed (state {fmt(state)}); "
             f"linear extrapolation to 80e9 bytes; recipe batch "
             f"{common.RECIPE_BATCH.get(recipe)} global"))], peaks
+
+
+def kept_for_backward(exp) -> int:
+  """Bytes the forward pass of the objective's loss keeps for the backward pass, less the
+  parameters: the residuals of `jax.vjp`, traced abstractly (nothing runs)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  state, key = exp.abstract_state, jax.random.key(0)
+
+  def residuals(params, aux, batch):
+    loss = lambda p: exp.objective.loss(p, aux, batch, key, jnp.zeros((), jnp.int32))[0]
+    return jax.vjp(loss, params)[1]
+
+  leaves = jax.tree.leaves(jax.eval_shape(residuals, state.params, state.aux,
+                                          exp.abstract_batch))
+  total = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in leaves)
+  return total - sum(int(np.prod(x.shape)) * x.dtype.itemsize
+                     for x in jax.tree.leaves(state.params))
+
+
+LEVERS = tuple([dict(model__remat=r) for r in ("none", "blocks", "full")]
+               + [dict(train__microbatches=k) for k in (2, 4)])
+
+
+def lever_rows(size: str, batch: int, objectives=("edm", "ect"),
+               settings=LEVERS) -> tuple[list[dict], dict]:
+  """The memory levers on one device: remat policies and microbatches (docs/implementation.md
+  #memory). XLA's peak is the backend's; on CPU XLA merges the recomputation back into the
+  forward pass, so remat shows in `kept for backward` only (a GPU shows it in the peak)."""
+  import jax
+  from benchmarks import common
+  from jaxdiff.train import compile as compile_lib
+  mesh = common.mesh_of(jax.devices()[:1])
+  rows, data = [], {}
+  for objective in objectives:
+    for overrides in settings:
+      exp = common.experiment(common.make_config(size, batch, objective=objective, **overrides),
+                              mesh)
+      report = compile_lib.compile_report(exp.compiler(None))
+      lever = ", ".join(f"{k.split('__')[1]}={v}" for k, v in overrides.items())
+      kept = kept_for_backward(exp) if "model__remat" in overrides else None
+      data[f"{objective} {lever}"] = dict(report, kept_for_backward=kept)
+      rows.append(dict(
+          item=f"{size} {objective} batch {batch}, {lever}",
+          value=f"peak ~{fmt(report.get('peak_bytes_estimate', float('nan')))}",
+          note=(f"temp {fmt(report.get('temp_size_in_bytes', 0))}"
+                + (f"; kept for backward {fmt(kept)}" if kept is not None else "")
+                + f"; {report.get('flops', float('nan')) / 1e9:.2f} GFLOP as XLA counts "
+                  "(a microbatch loop body once)")))
+  return rows, data
 
 
 def main(argv=None):
@@ -157,6 +215,8 @@ def main(argv=None):
                  help="recipes whose state bytes per device are read off the shardings")
   p.add_argument("--fit-batches", default="8,16",
                  help="the two per-device batches of the linear peak-memory fit")
+  p.add_argument("--levers", default="ci:32",
+                 help="size:batch of the remat/microbatch rows on one device; '' skips them")
   p.add_argument("--json", action="store_true", help="print one JSON line at the end")
   args = p.parse_args(argv)
   fit = tuple(int(b) for b in args.fit_batches.split(","))
@@ -172,6 +232,10 @@ def main(argv=None):
   data["fsdp"] = {str(k): v for k, v in reports.items()}
   rows += fr
   rows += state_rows([r for r in args.state_sizes.split(",") if r])
+  if args.levers:
+    size, batch = args.levers.split(":")
+    lr, data["levers"] = lever_rows(size, int(batch))
+    rows += lr
   for recipe in [r for r in args.extrapolate.split(",") if r]:
     try:
       er, peaks = extrapolate_rows(recipe, fit)

@@ -41,6 +41,9 @@ _COMPILE_ONLY = flags.DEFINE_bool("compile_only", False,
                                   "Lower and compile every curriculum stage's train step for the "
                                   "configured mesh, print memory and FLOP estimates, and exit "
                                   "without training.")
+_FIT_MEMORY_GB = flags.DEFINE_float("fit_memory_gb", 0.0,
+                                    "With --compile_only: also report the largest per-device "
+                                    "batch whose train step fits this many GB per device.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -88,6 +91,8 @@ def run_mode(config, workdir: str):
   if _COMPILE_ONLY.value:
     from jaxdiff.commands import compile as compile_cmd
     compile_cmd.compile_only(config)
+    if _FIT_MEMORY_GB.value > 0:
+      compile_cmd.report_fit(config, _FIT_MEMORY_GB.value)
   elif _MODE.value == "train":
     from jaxdiff.train import loop
     summary = loop.train(config, workdir, allow_config_change=_ALLOW_CHANGE.value)

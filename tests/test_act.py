@@ -290,6 +290,8 @@ def test_discriminator_shapes_labels_and_logical_axes():
     ("act.augment", ("xflip", "hue"), "unknown operation"),
     ("data.batch_size", 15, "even"),
     ("act.sample_with", "best", "sample_with"),
+    # 8x8 digits: 1, 2 then 4 levels halve to 1x1, which the head cannot pool to 2x2.
+    ("act.disc_channel_mult", (1, 1, 1, 1), r"image side 8 must be divisible by 16"),
 ])
 def test_bad_act_config_names_the_key(key, value, match):
   c = load_config()

@@ -182,3 +182,33 @@ def test_overheads_flops_only_counts_each_variant_against_edm(tmp_path):
   for name in ("ECT", "SCT"):
     assert 0.2 < flops[name] / flops["EDM"] - 1 < 0.6, (name, flops)
   assert 0 < flops["STF n=64"] / flops["EDM"] - 1 < 0.01, flops
+
+
+
+def test_device_check_dry_run_writes_every_row(tmp_path):
+  """benchmarks/device_check.py on CPU at the tiny size: every section it owns runs and
+  writes its rows (the harness sections it borrows, compile and overheads, are tested
+  above through benchmarks/run.py)."""
+  from benchmarks import device_check
+  sections = "env,peak,train,bf16,tests,quality,sampling,memory,torch_compile"
+  check = device_check.main(["--dry-run", "--sections", sections, "--out", str(tmp_path)])
+  rows = check.report.rows
+  errors = [r for r in rows if r["item"] in ("error", "skipped")]
+  assert not errors, errors
+  assert {r["section"] for r in rows} == set(sections.split(","))
+  data = json.loads((tmp_path / "device_check.json").read_text())
+  assert data["rows"] == rows and (tmp_path / "device_check.md").exists()
+  by_item = {r["item"]: r for r in rows}
+  assert by_item["jaxdiff tiny fp32 batch 8"]["value"].endswith("FLOP/s")
+  assert "passed" in next(r["value"] for r in rows if r["section"] == "tests")
+  assert "sliced" in next(r["value"] for r in rows if r["section"] == "quality")
+  # The memory levers: remat keeps less for the backward pass, microbatches lower the peak.
+  levers = data["levers"]
+  assert levers["edm remat=full"]["kept_for_backward"] < \
+      levers["edm remat=none"]["kept_for_backward"]
+  assert levers["edm microbatches=4"]["peak_bytes_estimate"] < \
+      levers["edm remat=none"]["peak_bytes_estimate"]
+  assert int(by_item["tiny largest fp32 batch in 80 GB"]["value"]) > 1000
+  if device_check._torch_device():
+    assert "pytorch eager tiny fp32 batch 8" in by_item
+    assert any(r["section"] == "torch_compile" and "img/s" in r["value"] for r in rows)

@@ -15,8 +15,10 @@ import pytest
 
 from jaxdiff import config as config_lib
 from jaxdiff import parallel
+from jaxdiff.commands import compile as compile_cmd
 from jaxdiff.train import compile as compile_lib
 from jaxdiff.train import loop
+from jaxdiff.train.experiment import Experiment
 import reliability_utils as ru
 
 
@@ -141,7 +143,7 @@ def test_compile_only_prints_preflight_then_every_stage(tmp_path):
   proc = ru.run_main("configs/toy2d_edm.py:smoke", tmp_path / "w",
                      {"curriculum.enabled": True, "curriculum.num_clusters": 2,
                       "curriculum.pacing": "fixed", "mesh.fsdp": 2},
-                     extra_flags=("--compile_only",))
+                     extra_flags=("--compile_only", "--fit_memory_gb=16"))
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = proc.stdout
   pre = out.index("jaxdiff: 1 process(es), 8 device(s) (8 per process), mesh {'data': 4, "
@@ -153,6 +155,25 @@ def test_compile_only_prints_preflight_then_every_stage(tmp_path):
   for _, args, peak, gflop in stages:
     assert float(args) > 0 and float(peak) >= float(args) / 2 and float(gflop) > 0
   assert not os.path.exists(tmp_path / "w" / "checkpoints")  # nothing trained or written
+  fit = re.search(r"memory fit: [\d.]+ MiB/example \+ [\d.]+ MiB fixed per device \(peaks at "
+                  r"per-device batch 8, 16\); largest per-device batch in 16 GB: (\d+); this "
+                  r"config's 8 per device per pass fits\.", out)
+  assert fit and int(fit.group(1)) > 1000, out
+
+
+def test_fit_batch_predicts_the_peak_of_the_batch_it_names():
+  """Fit at per-device batches 8 and 16, then compile the batch the fit names for a memory
+  size: its peak stays within it (the fit errs on the safe side for the UNet)."""
+  c = config_lib.load_config("digits_edm:smoke")
+  mesh = parallel.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1}),
+                            devices=jax.devices()[:1])
+  memory = 10e6
+  fit = compile_cmd.fit_batch(c, memory, mesh)
+  largest = fit["largest_per_device_batch"]
+  assert set(fit["peaks"]) == {8, 16} and 16 < largest < 64, fit
+  c.data.batch_size = largest
+  peak = compile_lib.compile_report(Experiment(c, mesh=mesh).compiler(None))["peak_bytes_estimate"]
+  assert 0.85 * memory <= peak <= memory, (peak, memory, fit)
 
 
 def test_compile_report_reads_memory_and_flops():

@@ -85,10 +85,12 @@ def validate_act_config(config, num_devices: int | None = None) -> None:
     raise ConfigError(f"config.act.augment has unknown operation(s) {sorted(unknown)}; choose "
                       f"from {augment.OPERATIONS}.")
   levels = len(a.disc_channel_mult)
-  if config.data.image_size % 2 ** (levels - 1):
+  # levels - 1 halvings, then the head's average pool to 2x2.
+  if config.data.image_size % 2 ** levels:
     raise ConfigError(f"config.act.disc_channel_mult={tuple(a.disc_channel_mult)} has {levels} "
                       f"levels; the image side {config.data.image_size} must be divisible by "
-                      f"{2 ** (levels - 1)}. Use fewer levels.")
+                      f"{2 ** levels} (the lowest resolution is pooled to 2x2). Use fewer "
+                      "levels.")
   if num_devices is not None and (config.data.batch_size // 2) % num_devices:
     raise ConfigError(f"ACT splits config.data.batch_size={config.data.batch_size} extra images "
                       f"into two halves sharded over {num_devices} devices; use a batch size "
