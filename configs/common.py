@@ -59,6 +59,14 @@ def ddpmpp(c, channels: int, channel_mult, num_blocks: int, attn_resolutions, dr
   c.model.augment_dim = augment_dim
 
 
+def ncsnpp(c, channels: int, channel_mult, num_blocks: int, attn_resolutions,
+           dropout: float) -> None:
+  """EDM's SongUNet with the NCSN++ choices (Fourier embedding, residual encoder, FIR
+  resampling; train.py --arch=ncsnpp), the network of CT and iCT."""
+  ddpmpp(c, channels, channel_mult, num_blocks, attn_resolutions, dropout)
+  c.model.name = "ncsnpp"
+
+
 def cifar10_ddpmpp(c, dropout: float, augment_dim: int = 0) -> None:
   """EDM's CIFAR-10 DDPM++: 128 channels, mult 2-2-2, 4 blocks, attention at 16x16."""
   ddpmpp(c, 128, (2, 2, 2), 4, (16,), dropout, augment_dim)

@@ -66,6 +66,7 @@ def _generic_sections(c: ml_collections.ConfigDict) -> None:
   # the backward pass; "blocks" keeps only each UNet block's inputs and recomputes the
   # block inside the backward pass; "full" recomputes the whole network.
   c.model.remat = "none"
+  c.model.fourier_scale = 16.0   # ncsnpp's Fourier noise embedding (iCT: 0.02)
   c.model.hidden_dim = 128       # mlp only
   c.model.num_layers = 3         # mlp only
 

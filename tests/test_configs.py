@@ -18,7 +18,8 @@ def load(name, arg):
 
 def test_there_are_recipes_for_every_method():
   for name in ("digits_edm", "digits_curriculum", "digits_stf", "digits_ect", "digits_sct",
-               "digits_act", "cifar10_edm", "cifar10_act", "imagenet64_act"):
+               "digits_act", "cifar10_edm", "cifar10_act", "imagenet64_act", "cifar10_ct",
+               "cifar10_ict", "cifar10_ect", "cifar10_sct", "imagenet64_ect"):
     assert name in RECIPES
 
 

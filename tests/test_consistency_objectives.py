@@ -47,7 +47,7 @@ def toy_setup(method, dropout=0.0, batch_size=8, hidden=32, dtype=jnp.float32, m
   c.data.batch_size = batch_size
   c.model.dropout = dropout
   c.model.hidden_dim = hidden
-  if method in ("ect", "sct", "ict"):
+  if method in ("ect", "sct"):
     c.objective.p_mean, c.objective.p_std = -1.1, 2.0
   for key, value in consistency.items():
     if key.startswith("stf_"):
@@ -58,7 +58,8 @@ def toy_setup(method, dropout=0.0, batch_size=8, hidden=32, dtype=jnp.float32, m
   if dtype != jnp.float32:
     model = model.clone(dtype=dtype)
   apply_fn = base.make_apply_fn(model)
-  sampler = base.LognormalSampler(c.objective.p_mean, c.objective.p_std, mask)
+  full = objectives.get(method).noise_sampler(c)
+  sampler = base.LognormalSampler(full.p_mean, full.p_std, mask)
   objective = objectives.build(c, apply_fn, (2,), noise_sampler=sampler)
   params = step_lib.init_params(model, jax.random.PRNGKey(3), (2,), 0)
   # A non-trivial network: EDM initialises the output layer near zero.
@@ -98,6 +99,17 @@ def test_registry_and_auto_settings():
   assert cons.resolve_settings(c, (32, 32, 3)).huber_c == pytest.approx(0.00054 * np.sqrt(3072))
 
 
+def test_ct_auto_metric_is_lpips_when_weights_are_given(tmp_path):
+  """CT's paper metric is LPIPS; "auto" takes it whenever consistency.lpips_weights is set and
+  the L2 stand-in otherwise (jaxdiff never downloads VGG weights)."""
+  c = load_config("cifar10_ct")
+  assert cons.resolve_settings(c, (32, 32, 3)).metric == "l2"
+  weights = tmp_path / "lpips_vgg.npz"
+  weights.write_bytes(b"checked when the loss is built")
+  c.consistency.lpips_weights = str(weights)
+  assert cons.resolve_settings(c, (32, 32, 3)).metric == "lpips"
+
+
 def test_lpips_needs_weights_and_bad_values_are_named():
   c = load_config("toy2d_edm")
   c.objective.name = "ct"
@@ -107,7 +119,10 @@ def test_lpips_needs_weights_and_bad_values_are_named():
   c.consistency.lpips_weights = "/tmp/no_such_dir/vgg.npz"
   with pytest.raises(config_lib.ConfigError, match="does not exist"):
     config_lib.validate(c)
-  c.consistency.metric = "auto"
+  c.consistency.metric = "auto"     # CT's auto is LPIPS with weights: a missing file still stops
+  with pytest.raises(config_lib.ConfigError, match="does not exist"):
+    config_lib.validate(c)
+  c.consistency.lpips_weights = ""
   c.consistency.weighting = "lognormal"
   with pytest.raises(config_lib.ConfigError, match=r"consistency\.weighting='lognormal'"):
     config_lib.validate(c)
@@ -406,6 +421,21 @@ def test_ict_doubling_grid_weight_and_metric():
   d = np.linalg.norm(np.asarray(out["delta"]), axis=-1)
   np.testing.assert_allclose(np.asarray(out["per_sample_loss"]),
                              (np.sqrt(d ** 2 + c ** 2) - c) / (t - r), rtol=2e-4)
+
+
+def test_ict_uses_its_own_noise_distribution():
+  """objective.name=ict draws pairs from iCT's lognormal(-1.1, 2.0), never EDM's silently."""
+  c = load_config("toy2d_edm")
+  c.objective.name = "ict"
+  config_lib.validate(c)
+  sampler = objectives.get("ict").noise_sampler(c)
+  assert (sampler.p_mean, sampler.p_std) == (-1.1, 2.0)
+  c.consistency.ict_p_mean, c.consistency.ict_p_std = -1.0, 1.5
+  sampler = objectives.get("ict").noise_sampler(c)
+  assert (sampler.p_mean, sampler.p_std) == (-1.0, 1.5)
+  c.objective.p_mean = -1.1
+  with pytest.raises(config_lib.ConfigError, match=r"consistency.ict_p_mean/ict_p_std"):
+    config_lib.validate(c)
 
 
 def test_curriculum_restricts_the_noise_levels():

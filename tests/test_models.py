@@ -325,6 +325,23 @@ def test_fourier_embedding_is_fixed_and_not_a_parameter():
   assert _differs(a, layers.FourierEmbedding(8, seed=1).apply({}, jnp.array([0.25])))
 
 
+def test_fourier_scale_reaches_the_ncsnpp_embedding():
+  """model.fourier_scale (iCT: 0.02) scales the frequencies; 16 (EDM, CT) is the default."""
+  x = jnp.array([0.25, -1.0])
+  base = np.random.RandomState(0).standard_normal(4)
+  for scale in (16.0, 0.02):
+    got = layers.noise_embedding('fourier', 8, scale).apply({}, x)
+    arg = np.asarray(x)[:, None] * (2 * np.pi * scale * base)[None, :]
+    np.testing.assert_allclose(got, np.concatenate([np.sin(arg), np.cos(arg)], 1), atol=2e-5)
+  config = ml_collections.ConfigDict(dict(name='ncsnpp', model_channels=8, channel_mult=(1,),
+                                          num_blocks=1, attn_resolutions=(), fourier_scale=0.02))
+  assert models.build_model(config, image_shape=(8, 8, 3)).fourier_scale == 0.02
+  config.fourier_scale = 16.0
+  assert models.build_model(config, image_shape=(8, 8, 3)) == models.build_model(
+      ml_collections.ConfigDict({k: v for k, v in config.items() if k != 'fourier_scale'}),
+      image_shape=(8, 8, 3))
+
+
 # ---------------------------------------------------------------------------------------
 # Initialisation.
 

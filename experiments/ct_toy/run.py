@@ -62,10 +62,6 @@ def arm_config(arm: str, seed: int, args):
   c.objective.name = "ict" if arm == "ict" else "ct"
   if arm == "ct_mu0":
     c.consistency.ct_mu0 = 1e-6
-  if arm == "ict":
-    # iCT's lognormal over the pair index (docs/ict.md); its other settings are the "auto"
-    # ones.
-    c.objective.p_mean, c.objective.p_std = -1.1, 2.0
   return c
 
 

@@ -38,7 +38,8 @@ _SONG_UNET_VARIANTS = {
 # Used where model_config lacks a key: EDM's CIFAR-10 recipe (train.py, --arch=ddpmpp).
 _DEFAULTS = dict(model_channels=128, channel_mult=(2, 2, 2), channel_mult_emb=4, num_blocks=4,
                  attn_resolutions=(16,), dropout=0.13, label_dropout=0.0, augment_dim=0,
-                 dtype='float32', hidden_dim=128, num_layers=3, remat='none')
+                 dtype='float32', hidden_dim=128, num_layers=3, remat='none',
+                 fourier_scale=16.0)
 
 
 def _get(model_config: Mapping[str, Any], key: str):
@@ -57,7 +58,8 @@ def build_model(model_config, *, image_shape, num_classes: int = 0) -> nn.Module
   Args:
     model_config: ConfigDict (or mapping) with ``name`` in ``MODEL_NAMES`` and the keys
       model_channels, channel_mult, channel_mult_emb, num_blocks, attn_resolutions, dropout,
-      label_dropout, augment_dim, dtype ('float32' | 'bfloat16'), remat (``REMAT_POLICIES``;
+      label_dropout, augment_dim, fourier_scale ('ncsnpp' only), dtype ('float32' |
+      'bfloat16'), remat (``REMAT_POLICIES``;
       'full' is applied by the caller, see ``remat_whole_network``); for 'mlp': hidden_dim,
       num_layers. Missing keys take EDM's CIFAR-10 values. 'ddpmpp' / 'ncsnpp' fix the
       embedding, encoder/decoder and resampling filter as in EDM.
@@ -106,6 +108,9 @@ def build_model(model_config, *, image_shape, num_classes: int = 0) -> nn.Module
         f'image resolution {image_shape[0]} is not divisible by 2**(len(channel_mult)-1) = '
         f'{factor} (model.channel_mult={channel_mult}); use a resolution divisible by '
         f'{factor} or fewer levels')
+  variant = dict(_SONG_UNET_VARIANTS[name])
+  if name == 'ncsnpp':
+    variant['fourier_scale'] = float(_get(model_config, 'fourier_scale'))
   return SongUNet(
       out_channels=image_shape[2],
       model_channels=int(_get(model_config, 'model_channels')),
@@ -113,7 +118,7 @@ def build_model(model_config, *, image_shape, num_classes: int = 0) -> nn.Module
       channel_mult_emb=int(_get(model_config, 'channel_mult_emb')),
       num_blocks=int(_get(model_config, 'num_blocks')),
       attn_resolutions=tuple(int(r) for r in _get(model_config, 'attn_resolutions')),
-      remat_blocks=remat in ('blocks', 'full'), **_SONG_UNET_VARIANTS[name], **common)
+      remat_blocks=remat in ('blocks', 'full'), **variant, **common)
 
 
 def remat_whole_network(model_config) -> bool:

@@ -248,12 +248,14 @@ class FourierEmbedding(nn.Module):
     return jnp.concatenate([jnp.sin(x), jnp.cos(x)], axis=-1)
 
 
-def noise_embedding(embedding_type: str, num_channels: int) -> nn.Module:
-  """'positional' (DDPM++, endpoint=True as SongUNet) or 'fourier' (NCSN++)."""
+def noise_embedding(embedding_type: str, num_channels: int,
+                    fourier_scale: float = 16.0) -> nn.Module:
+  """'positional' (DDPM++, endpoint=True as SongUNet) or 'fourier' (NCSN++; frequencies
+  N(0, fourier_scale^2): 16 in EDM and CT, 0.02 in iCT)."""
   if embedding_type == 'positional':
     return PositionalEmbedding(num_channels, endpoint=True, name='map_noise')
   if embedding_type == 'fourier':
-    return FourierEmbedding(num_channels, name='map_noise')
+    return FourierEmbedding(num_channels, scale=fourier_scale, name='map_noise')
   raise ValueError(
       f"embedding_type={embedding_type!r} is not one of ('positional', 'fourier')")
 
@@ -287,13 +289,15 @@ class ConditioningEmbedding(nn.Module):
   label_dim: int = 0
   augment_dim: int = 0
   label_dropout: float = 0.0
+  fourier_scale: float = 16.0
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, noise_labels, class_labels=None, augment_labels=None, *, batch: int,
                train: bool = False):
     noise_labels = jnp.broadcast_to(jnp.asarray(noise_labels, jnp.float32), (batch,))
-    emb = noise_embedding(self.embedding_type, self.noise_channels)(noise_labels)
+    emb = noise_embedding(self.embedding_type, self.noise_channels,
+                          self.fourier_scale)(noise_labels)
     if self.label_dim:
       labels = as_one_hot(class_labels, self.label_dim, batch)
       if train and self.label_dropout:

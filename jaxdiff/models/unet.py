@@ -155,6 +155,7 @@ class SongUNet(nn.Module):
   dropout: float = 0.10
   label_dropout: float = 0.0
   embedding_type: str = 'positional'
+  fourier_scale: float = 16.0        # 'fourier' only (iCT: 0.02)
   channel_mult_noise: int = 1
   encoder_type: str = 'standard'
   decoder_type: str = 'standard'
@@ -187,8 +188,8 @@ class SongUNet(nn.Module):
         noise_channels=self.model_channels * self.channel_mult_noise,
         emb_channels=self.model_channels * self.channel_mult_emb,
         embedding_type=self.embedding_type, label_dim=self.label_dim,
-        augment_dim=self.augment_dim, label_dropout=self.label_dropout, dtype=self.dtype,
-        name='mapping')(noise_labels, class_labels, augment_labels, batch=batch, train=train)
+        augment_dim=self.augment_dim, label_dropout=self.label_dropout,
+        fourier_scale=self.fourier_scale, dtype=self.dtype, name='mapping')(noise_labels, class_labels, augment_labels, batch=batch, train=train)
 
     # Encoder.
     skips = []

@@ -31,8 +31,9 @@ CONFIG = {"consistency": dict(
 
 @register("ct")
 class CT(ConsistencyObjective):
-  # CM boundary at sigma_min, L2 (the paper's LPIPS needs weights: metric=lpips), uniform weight.
-  AUTO = AutoDefaults(train_precond="cm", sample_sigma_min=None, metric="l2",
+  # CM boundary at sigma_min; the paper's LPIPS when consistency.lpips_weights is set, else
+  # the L2 stand-in (docs/ct.md#defaults-in-jaxdiff); uniform weight.
+  AUTO = AutoDefaults(train_precond="cm", sample_sigma_min=None, metric="lpips",
                       weighting="uniform", huber_c=0.0)
   config_keys = CONFIG
 

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from jaxdiff.data import pipeline
 from jaxdiff.errors import ConfigError
 from jaxdiff.objectives.consistency.math import CONSISTENCY_WEIGHTINGS, ict_huber_c
 
@@ -56,9 +57,10 @@ class AutoDefaults:
   """A method's official values of the "auto" keys (docs/consistency.md#defaults-in-jaxdiff)."""
   train_precond: str
   sample_sigma_min: float | None  # None: consistency.sigma_min
-  metric: str
+  metric: str                     # "lpips": only with consistency.lpips_weights, else:
   weighting: str
   huber_c: float | str            # "ict": iCT's 0.00054 sqrt(d)
+  metric_without_lpips_weights: str = "l2"   # the documented stand-in for LPIPS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +143,10 @@ def resolve_settings(config, example_shape, auto: AutoDefaults | None = None) ->
                         "method.")
   c = config.consistency
   train_precond = _choose("train_precond", c.train_precond, auto.train_precond, PRECONDS)
-  metric = _choose("metric", c.metric, auto.metric, METRICS)
+  auto_metric = auto.metric
+  if auto_metric == "lpips" and not c.lpips_weights:
+    auto_metric = auto.metric_without_lpips_weights   # jaxdiff never downloads VGG weights
+  metric = _choose("metric", c.metric, auto_metric, METRICS)
   lpips_resolution = _check_lpips(c, example_shape) if metric == "lpips" else int(
       c.get("lpips_resolution", 224))
   weighting = _choose("weighting", c.weighting, auto.weighting, CONSISTENCY_WEIGHTINGS)
@@ -179,6 +184,4 @@ def refuse_phases(config, method: str) -> None:
 
 def example_shape_of(config) -> tuple[int, ...]:
   """The data example shape a config describes (before any data is read)."""
-  if config.data.name == "toy2d":
-    return (2,)
-  return (config.data.image_size, config.data.image_size, config.data.channels)
+  return pipeline.declared_example_shape(config.data)
