@@ -5,10 +5,12 @@
   python -m jaxdiff.main --config=configs/cifar10_ect.py:smoke --workdir=/tmp/cifar10_ect_smoke
 
 ECT tunes EDM's unconditional CIFAR-10 DDPM++ (the official run starts from
-`edm-cifar10-32x32-uncond-vp.pkl`; that PyTorch pickle cannot be loaded here):
-`init_from` must be the workdir of a jaxdiff EDM run with this model (DDPM++,
-128 channels, mult (2, 2, 2), 4 blocks, attention at 16, unconditional). Its EMA
-weights go into params and EMA (docs/ect.md#tuning-from-edm).
+`edm-cifar10-32x32-uncond-vp.pkl`): `init_from` is the workdir of a
+configs/cifar10_edm.py run (DDPM++, 128 channels, mult (2, 2, 2), 4 blocks,
+attention at 16, unconditional). Its EMA weights go into params and EMA
+(docs/ect.md#tuning-from-edm). EDM trains with augmentation labels
+(augment_dim 9) and ECT without: the load drops EDM's `map_augment` layer and
+says so, as the official code does (`require_all=False`).
 
 Official settings (docs/ect.md#official-cifar-10-settings): batch 128; RAdam lr 1e-4,
 betas (0.9, 0.999),
@@ -25,6 +27,9 @@ the README); nothing is downloaded during training. `:smoke` swaps in 2-D toy
 data, an MLP and a 4-step EDM pre-training so it runs without the dataset.
 """
 from configs import common
+
+# `init_from` takes a finished run of this recipe (checked by tests/test_recipe_chains.py).
+SOURCE_RECIPE = "cifar10_edm"
 
 
 def get_config(arg: str = ""):

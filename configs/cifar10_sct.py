@@ -15,6 +15,8 @@ CIFAR-10 numbers were not retrieved (docs/sct.md#reported-results).
 """
 from configs import cifar10_ect, common
 
+SOURCE_RECIPE = cifar10_ect.SOURCE_RECIPE
+
 
 def get_config(arg: str = ""):
   common.check_arg(arg)

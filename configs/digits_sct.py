@@ -2,7 +2,7 @@
 
   python -m jaxdiff.main --config=configs/digits_sct.py --workdir=runs/digits_sct
   python -m jaxdiff.main --config=configs/digits_sct.py --workdir=runs/digits_sct \
-      --config.init_from=runs/digits_ect/pretrain   # reuse an EDM run (same model)
+      --config.init_from=runs/digits_edm            # tune the README's digits EDM run
   python -m jaxdiff.main --config=configs/digits_sct.py:smoke --workdir=/tmp/digits_sct_smoke
 
 Everything is digits_ect's (same model, optimiser, mapping, metric, weighting,
@@ -16,6 +16,7 @@ out of the 1797 digits). Paper code is unreleased: reference size, r = 0 target
 """
 from configs import common, digits_ect
 
+SOURCE_RECIPE = digits_ect.SOURCE_RECIPE
 
 def get_config(arg: str = ""):
   common.check_arg(arg)

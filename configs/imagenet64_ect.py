@@ -13,28 +13,32 @@ for evaluation; two-step sampling at (80, 1.526); fp32.
 
 Deviations (not available in jaxdiff; say so when reporting numbers):
   * the network: ECT tunes EDM2's img64-s UNet (magnitude-preserving layers,
-    forced weight normalisation, post-hoc EMA with sigma_rel 0.075). EDM2 is not
-    implemented, so this recipe uses a SongUNet DDPM++ with EDM2-S's widths
-    (192 channels, mult (1, 2, 3, 4), 3 blocks, attention at 16 and 8) and the
-    dropout everywhere instead of only at resolutions <= 16;
+    forced weight normalisation, post-hoc EMA with sigma_rel 0.075). This recipe
+    tunes what configs/imagenet64_edm.py trains, so that the chain loads: a
+    SongUNet DDPM++ with ADM's widths (192 channels, mult (1, 2, 3, 4), 3
+    blocks, attention at 32, 16 and 8; EDM2-S attends at 16 and 8 only), with
+    the dropout everywhere instead of only at resolutions <= 16;
   * lr decay: ECT uses lr = 1e-3 / sqrt(max(k / 2000, 1)); jaxdiff's optimizer
     has only a constant lr with warm-up, so the lr here is constant;
   * EMA: the power-function EMAs (sigma_rel 0.01/0.05/0.10) are not implemented;
     the traditional EMA 0.9999 of ECT's online evaluation is used.
-`init_from` must be a jaxdiff EDM run of this model on this data.
+`init_from` is a configs/imagenet64_edm.py run (tests/test_recipe_chains.py).
 
 Data: tfds `imagenet_resized/64x64` (train split, box-downsampled; EDM2 uses
 its own crop-and-resize), prepared locally; labels as 1000 classes. `:smoke`
 swaps in 2-D toy data and an MLP (no dataset, no pre-training).
 """
-from configs import common
+from configs import common, imagenet64_edm
+
+SOURCE_RECIPE = "imagenet64_edm"
 
 
 def get_config(arg: str = ""):
   common.check_arg(arg)
   c = common.base_config()
   common.tfds_images(c, "imagenet_resized/64x64", 64, batch_size=128, num_classes=1000)
-  common.ddpmpp(c, 192, (1, 2, 3, 4), 3, (16, 8), dropout=0.4)
+  c.model = imagenet64_edm.get_config().model.copy_and_resolve_references()
+  c.model.dropout = 0.4
 
   # ECT's 'snrpk' weight is EDM's (t^2 + sd^2)/(t sd)^2.
   common.ect_method(c, p_mean=-0.8, p_std=1.6, q=4.0, huber_c=0.06, weighting="edm",

@@ -9,7 +9,11 @@
   weights start this one (as ECT copies an EDM model's EMA weights into both
   the network and its EMA). Only the `ema_params` subtree of its newest
   readable checkpoint is read, so the source may use another objective or
-  optimizer; its architecture must match.
+  optimizer; its architecture must match, except for the layers in
+  `DROPPABLE_LAYERS`: conditioning inputs the source has and this model does
+  not (EDM's augmentation-label embedding), which are dropped and logged as the
+  official consistency code does (locuslab/ect copies EDM's weights with
+  `require_all=False`; docs/ect.md#tuning-from-edm).
 """
 from __future__ import annotations
 
@@ -21,8 +25,10 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from jaxdiff import config as config_lib
-from jaxdiff import console, failures, parallel
+from jaxdiff import console, failures, models, parallel
+from jaxdiff.data import pipeline
 from jaxdiff.errors import ConfigError
+from jaxdiff.train import step as step_lib
 
 # Keys that may change between a run and its resumption (they do not change the math).
 # The mesh is one of them: a checkpoint restores onto any mesh (same math up to
@@ -38,6 +44,12 @@ ARCHITECTURE_KEYS = ("data.image_size", "data.channels", "data.num_classes", "mo
                      "model.model_channels", "model.channel_mult", "model.channel_mult_emb",
                      "model.num_blocks", "model.attn_resolutions", "model.augment_dim",
                      "model.hidden_dim", "model.num_layers")
+
+# Layers a source run may have that this model lacks, dropped on init_from: parameter-name
+# component -> (config key that removes it, what it is). Only a drop to 0 is allowed.
+DROPPABLE_LAYERS = {
+    "map_augment": ("model.augment_dim", "EDM's augmentation-label embedding"),
+}
 
 
 def check_path(workdir: str) -> None:
@@ -84,18 +96,47 @@ def check_config(workdir: str, config, allow_change: bool = False) -> None:
   parallel.sync_processes("config_json_written")
 
 
+def _architecture_diffs(saved: dict, current: dict) -> list[str]:
+  """Architecture keys that differ, less the droppable layers this model lacks."""
+  diffs = [d for d in config_lib.config_diff(saved, current) if d.startswith(ARCHITECTURE_KEYS)]
+  droppable = {key for key, _ in DROPPABLE_LAYERS.values()
+               if not _lookup(current, key)}   # this model has none of that layer
+  return [d for d in diffs if d.split(":")[0] not in droppable]
+
+
+def _refuse_architecture(init_from: str, diffs: list[str]) -> None:
+  if diffs:
+    raise ConfigError(
+        f"config.init_from={init_from!r} holds a run with another architecture; these keys "
+        "differ:\n  " + "\n  ".join(diffs) + "\nSet them to the source run's values.")
+
+
 def _check_source_architecture(init_from: str, config) -> None:
   source_config = os.path.join(init_from, "config.json")
   if not os.path.exists(source_config):
     return
   with open(source_config) as f:
     saved = json.load(f)
-  current = json.loads(config_lib.to_json(config))
-  diffs = [d for d in config_lib.config_diff(saved, current) if d.startswith(ARCHITECTURE_KEYS)]
-  if diffs:
-    raise ConfigError(
-        f"config.init_from={init_from!r} holds a run with another architecture; these keys "
-        "differ:\n  " + "\n  ".join(diffs) + "\nSet them to the source run's values.")
+  _refuse_architecture(init_from, _architecture_diffs(saved, json.loads(config_lib.to_json(config))))
+
+
+def _abstract_param_shapes(config) -> dict:
+  """Parameter shapes a config's model has (traced, nothing computed, no data read)."""
+  shape = pipeline.declared_example_shape(config.data)
+  num_classes = int(config.data.num_classes)
+  model = models.build_model(config.model, image_shape=shape, num_classes=num_classes)
+  return _shapes(jax.eval_shape(
+      lambda: step_lib.init_params(model, jax.random.PRNGKey(0), shape, num_classes,
+                                   int(config.model.augment_dim))))
+
+
+def check_init_chain(source_config, config, source_name: str = "the source recipe") -> None:
+  """Raises `ConfigError` unless a run of `config` can start (init_from) from a finished
+  run of `source_config`: the same test `read_init_weights` applies to a workdir, here
+  on two configs before anything is trained (the recipe chains of README)."""
+  saved = json.loads(config_lib.to_json(source_config))
+  _refuse_architecture(source_name, _architecture_diffs(saved, json.loads(config_lib.to_json(config))))
+  _check_shapes(source_name, _abstract_param_shapes(config), _abstract_param_shapes(source_config))
 
 
 def _shapes(tree) -> dict:
@@ -103,7 +144,32 @@ def _shapes(tree) -> dict:
           for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def _lookup(tree: dict, dotted: str):
+  for part in dotted.split("."):
+    tree = tree.get(part, {}) if isinstance(tree, dict) else {}
+  return tree
+
+
+def _droppable(name: str) -> str | None:
+  for layer in DROPPABLE_LAYERS:
+    if f"['{layer}']" in name:
+      return layer
+  return None
+
+
+def _drop_extra_layers(init_from: str, want: dict, have: dict) -> dict:
+  """`have` without the source's `DROPPABLE_LAYERS` that this model lacks, logged."""
+  dropped = sorted(k for k in set(have) - set(want) if _droppable(k))
+  for layer in sorted({_droppable(k) for k in dropped}):
+    key, what = DROPPABLE_LAYERS[layer]
+    n = sum(1 for k in dropped if _droppable(k) == layer)
+    console.log(f"init_from {init_from}: dropping {layer} ({what}; {n} arrays), which this "
+                f"model does not have ({key}=0)")
+  return {k: v for k, v in have.items() if k not in dropped}
+
+
 def _check_shapes(init_from: str, want: dict, have: dict) -> None:
+  have = _drop_extra_layers(init_from, want, have)
   if want != have:
     diff = sorted(f"{k}: {have.get(k, 'absent')} (init_from) vs {want.get(k, 'absent')} (now)"
                   for k in set(want) | set(have) if want.get(k) != have.get(k))

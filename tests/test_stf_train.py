@@ -87,6 +87,51 @@ def test_reference_draws_deterministic_independent_and_split_across_processes():
     pipeline.StepBatcher(ds, global_batch_size=8, seed=3, process_slice=(0, 4), num_reference=7)
 
 
+def test_same_class_references_follow_each_row_and_split_like_the_batch():
+  """stf.reference_classes='same_class': k = draws / batch references per minibatch row, all
+  of the row's class, distinct within a row, pure in (seed, step), sliced per process with
+  the process's own rows; a class smaller than k is used whole, repeated."""
+  ds = _indexed_dataset()                       # labels = index % 5
+  kw = dict(global_batch_size=8, seed=3, num_reference=24, reference_classes="same_class")
+  one = pipeline.StepBatcher(ds, process_slice=(0, 8), **kw)
+  a = one(5)
+  rows = a["label"]
+  ref = _indices(a["reference"]).reshape(8, 3)
+  np.testing.assert_array_equal(ref % 5, np.repeat(rows[:, None], 3, axis=1))
+  np.testing.assert_array_equal(a["reference_label"].reshape(8, 3) % 5, ref % 5)
+  assert all(len(set(r)) == 3 for r in ref)
+  np.testing.assert_array_equal(_indices(one(5)["reference"]), ref.reshape(-1))   # resumable
+  assert not np.array_equal(_indices(one(6)["reference"]), ref.reshape(-1))
+  parts = [pipeline.StepBatcher(ds, process_slice=s, **kw)(5) for s in ((0, 4), (4, 8))]
+  for p, lo in zip(parts, (0, 4)):
+    np.testing.assert_array_equal(_indices(p["reference"]).reshape(4, 3), ref[lo:lo + 4])
+  small = pipeline.InMemoryDataset(np.arange(6, dtype=np.float32).reshape(6, 1, 1, 1),
+                                   np.array([0, 0, 1, 1, 1, 1]))
+  b = pipeline.StepBatcher(small, global_batch_size=2, seed=0, process_slice=(0, 2),
+                           num_reference=8, reference_classes="same_class")(0)
+  got = b["reference"].reshape(2, 4).astype(int)
+  for row, label in zip(got, b["label"]):
+    assert set(row) <= set(np.flatnonzero(small.labels == label))
+  with pytest.raises(ValueError, match="not a multiple of the batch"):
+    pipeline.StepBatcher(ds, process_slice=(0, 8), **dict(kw, num_reference=20))
+
+
+def test_same_class_config_is_checked():
+  from jaxdiff import config as config_lib
+  c = config_lib.load_config("cifar10_sct_cond")
+  config_lib.validate(c, num_devices=8)                  # 1024 refs, 16 per device
+  c.stf.reference_size = 1000
+  with pytest.raises(config_lib.ConfigError, match="multiple of the per_device batch 16"):
+    config_lib.validate(c, num_devices=8)
+  c = config_lib.load_config("cifar10_sct")            # unlabelled
+  c.stf.reference_classes = "same_class"
+  with pytest.raises(config_lib.ConfigError, match="needs class labels"):
+    config_lib.validate(c)
+  c.stf.reference_classes = "per_class"
+  with pytest.raises(config_lib.ConfigError, match="reference_classes='per_class'"):
+    config_lib.validate(c)
+
+
 def test_reference_flip_is_independent_of_minibatch_flip():
   rng = np.random.default_rng(0)
   ds = pipeline.InMemoryDataset(rng.uniform(-1, 1, (40, 4, 4, 1)).astype(np.float32))

@@ -43,6 +43,11 @@ class InMemoryDataset:
   def example_shape(self) -> tuple[int, ...]:
     return tuple(self.images.shape[1:])
 
+  def all_labels(self) -> np.ndarray:
+    if self.labels is None:
+      raise ValueError("same-class references need a labelled dataset (config.data.num_classes)")
+    return self.labels
+
   def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
     out = {"image": self.images[indices]}
     if self.labels is not None:
@@ -53,6 +58,11 @@ class InMemoryDataset:
 # Index stream of the extra reference examples some objectives (STF) draw every
 # step: its own seeded permutations, independent of the minibatch stream.
 REFERENCE_STREAM = 0x57F
+# "iid": the step's references are the next slice of the reference stream (STF's
+# official draw). "same_class": row i of the global minibatch gets k = draws / batch
+# references of its own class, laid out row-major, so that each process and device
+# holds its own rows' references (docs/stf.md#class-conditional-data).
+REFERENCE_CLASSES = ("iid", "same_class")
 
 
 def epoch_permutation(seed: int, epoch: int, n: int, stream: int | None = None) -> np.ndarray:
@@ -97,8 +107,16 @@ class StepBatcher:
   # global count as `process_slice` is of the global batch.
   num_reference: int = 0
   reference_slice: tuple[int, int] | None = None
+  reference_classes: str = "iid"
 
   def __post_init__(self):
+    if self.reference_classes not in REFERENCE_CLASSES:
+      raise ValueError(f"reference_classes={self.reference_classes!r} is not one of "
+                       f"{REFERENCE_CLASSES}")
+    if self.reference_classes == "same_class" and self.num_reference % self.global_batch_size:
+      raise ValueError(f"same-class references: {self.num_reference} draws per step are not a "
+                       f"multiple of the batch {self.global_batch_size}")
+    self._members = None
     if self.num_reference and self.reference_slice is None:
       lo, hi = self.process_slice
       b, e = self.global_batch_size, self.num_reference
@@ -150,12 +168,15 @@ class StepBatcher:
     """
     rlo, rhi = self.reference_slice
     e = self.num_reference
-    if self.toy2d_distribution is not None:
+    if self.reference_classes == "same_class":
+      indices = self.same_class_indices(step)[rlo:rhi]
+    elif self.toy2d_distribution is not None:
       points = builtin.toy2d_sample(self.toy2d_distribution, e,
                                     [self.seed, step, REFERENCE_STREAM])
       return {"reference": points[rlo:rhi]}
-    indices = global_batch_indices(self.seed, step, e, self.dataset.num_examples,
-                                   stream=REFERENCE_STREAM)[rlo:rhi]
+    else:
+      indices = global_batch_indices(self.seed, step, e, self.dataset.num_examples,
+                                     stream=REFERENCE_STREAM)[rlo:rhi]
     drawn = self.dataset.get(indices)
     out = {"reference": drawn["image"]}
     if "label" in drawn:
@@ -166,6 +187,29 @@ class StepBatcher:
       out["reference"] = np.where(flip[:, None, None, None], out["reference"][:, :, ::-1],
                                   out["reference"])
     return out
+
+  def same_class_indices(self, step: int) -> np.ndarray:
+    """Dataset indices of the step's global same-class references, row-major: k for row 0
+    of the global minibatch, then k for row 1, ... Each row's k are distinct examples of
+    its class (all of them, repeated, if the class has fewer than k), a pure function of
+    (seed, step) like the minibatch, so a resumed run draws the same ones."""
+    if self._members is None:
+      labels = np.asarray(self.dataset.all_labels())
+      order = np.argsort(labels, kind="stable")
+      starts = np.searchsorted(labels[order], np.arange(labels.max() + 2))
+      self._members = (labels, [order[a:b] for a, b in zip(starts[:-1], starts[1:])])
+    labels, members = self._members
+    b = self.global_batch_size
+    k = self.num_reference // b
+    rows = labels[global_batch_indices(self.seed, step, b, len(labels))]
+    rng = np.random.default_rng([self.seed, step, REFERENCE_STREAM, 0xC1A55])
+    out = np.empty((b, k), np.int64)
+    for i, c in enumerate(rows):
+      pool = members[c]
+      pick = rng.choice(len(pool), size=k, replace=False) if len(pool) >= k else (
+          np.resize(rng.permutation(len(pool)), k))
+      out[i] = pool[pick]
+    return out.reshape(-1)
 
 
 class Prefetcher:
@@ -262,8 +306,15 @@ def make_dataset(data_config) -> tuple[RandomAccessDataset | None, tuple[int, ..
   raise ValueError(f"config.data.name={name!r} is unknown.")
 
 
+def declared_example_shape(data_config) -> tuple[int, ...]:
+  """The shape of one example as the config declares it (no data is read)."""
+  if data_config.name == "toy2d":
+    return (2,)
+  return (data_config.image_size, data_config.image_size, data_config.channels)
+
+
 def _check_shape(shape, data_config) -> None:
-  expected = (data_config.image_size, data_config.image_size, data_config.channels)
+  expected = declared_example_shape(data_config)
   if tuple(shape) != expected:
     raise ValueError(
         f"The dataset {data_config.name!r} has examples of shape {tuple(shape)}, but the config "

@@ -92,6 +92,29 @@ class TfdsImageDataset:
     labels = np.asarray([r["label"] for r in records], np.int32)
     return {"image": images, "label": labels}
 
+  def all_labels(self, chunk: int = 4096) -> np.ndarray:
+    """Every example's label, int32 [N]: read once (the records hold image and label
+    together) and kept beside the dataset as labels.npy for the next run."""
+    if not self.with_labels:
+      raise builders.DatasetFormatError(
+          f"same-class references need labels; {self.path} is read without them "
+          "(config.data.num_classes=0).")
+    cache = os.path.join(self.path, "labels.npy")
+    if os.path.exists(cache):
+      labels = np.load(cache, allow_pickle=False)
+      if labels.shape == (self.num_examples,):
+        return labels
+    labels = np.concatenate([
+        self.get_uint8(np.arange(a, min(a + chunk, self.num_examples)))["label"]
+        for a in range(0, self.num_examples, chunk)]).astype(np.int32)
+    try:
+      tmp = f"{cache}.{os.getpid()}.tmp.npy"   # processes of one job may race: each its own
+      np.save(tmp, labels)
+      os.replace(tmp, cache)
+    except OSError:  # a read-only dataset directory: read again next time
+      pass
+    return labels
+
   def get(self, indices) -> dict[str, np.ndarray]:
     raw = self.get_uint8(indices)
     # uint8 -> [-1, 1] exactly as EDM's training loop: x / 127.5 - 1 (in place: no temporaries).

@@ -158,6 +158,9 @@ class Objective:
   # Extra data examples per step the pipeline must draw for this objective, over
   # all processes; they arrive as batch["reference"] (and batch["reference_label"]).
   reference_draws = 0
+  # How they are drawn (`data.pipeline.REFERENCE_CLASSES`): "iid" from the whole dataset,
+  # or "same_class": reference_draws / batch per minibatch row, from that row's class.
+  reference_classes = "iid"
 
   # Static variants of the update, one compiled executable each (ACT: the plain
   # step and the lazy-R1 step). The trainer asks `variant_for_step` on the host,

@@ -82,7 +82,8 @@ class Experiment:
         process_slice=parallel.process_batch_slice(c.data.batch_size, self.mesh),
         toy2d_distribution=c.data.toy2d_distribution if c.data.name == "toy2d" else None,
         random_flip=bool(c.data.random_flip),
-        num_reference=self.objective.reference_draws)
+        num_reference=self.objective.reference_draws,
+        reference_classes=self.objective.reference_classes)
     example = self.batcher(0)
     # Leading sizes differ per key: the minibatch vs an objective's reference draws.
     self.global_sizes = self.batcher.global_sizes()

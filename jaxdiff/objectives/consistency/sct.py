@@ -135,6 +135,10 @@ class SCT(ECT):
     self._stf.mesh = self.mesh  # the STF target shards over the mesh the trainer set
     return self._stf.reference_draws
 
+  @property
+  def reference_classes(self) -> str:
+    return self._stf.reference_classes
+
   def x0_hat(self, x_t, t, batch, key=None):
     """The STF posterior-mean estimate over the step's reference set."""
     self._stf.mesh = self.mesh

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from jaxdiff import parallel
+from jaxdiff.data.pipeline import REFERENCE_CLASSES
 from jaxdiff.errors import ConfigError
 from jaxdiff.objectives.edm import EDMObjective
 from jaxdiff.objectives.registry import register
@@ -76,6 +77,11 @@ CONFIG = {"stf": dict(
     mode="per_device",
     # Class-conditional data: only same-label references count (docs/stf.md).
     restrict_labels=True,
+    # "iid" (official): draws from the whole dataset, so with C classes about 1/C of
+    # them share a sample's class. "same_class" (ours, for SCT's conditional runs):
+    # each minibatch row gets reference_size / per-device batch - 1 draws of its own
+    # class (docs/stf.md#class-conditional-data).
+    reference_classes="iid",
 )}
 
 
@@ -88,9 +94,24 @@ def validate_stf_config(config, num_devices: int | None = None) -> None:
   if not isinstance(n, int) or isinstance(n, bool) or n < 1:
     raise ConfigError(f"config.stf.reference_size={n!r} must be an integer >= 1 (the official "
                       "default is 4096, the published models use 1024).")
+  if s.reference_classes not in REFERENCE_CLASSES:
+    raise ConfigError(f"config.stf.reference_classes={s.reference_classes!r} is not allowed; "
+                      f"choose one of {REFERENCE_CLASSES}.")
+  if s.reference_classes == "same_class" and not (config.data.num_classes and s.restrict_labels):
+    raise ConfigError(
+        "config.stf.reference_classes='same_class' draws references of each sample's class; "
+        "it needs class labels (config.data.num_classes > 0) and config.stf.restrict_labels="
+        "True, or use reference_classes='iid'.")
   if num_devices is None:
     return
   batch = config.data.batch_size
+  if s.reference_classes == "same_class":
+    group = batch // num_devices if s.mode == "per_device" else batch
+    if n % group:
+      raise ConfigError(
+          f"config.stf.reference_size={n}: same-class references come in equal groups per "
+          f"minibatch row, so it must be a multiple of the {s.mode} batch {group} (here "
+          f"{max(n // group, 1) * group} or {(n // group + 1) * group}).")
   if s.mode == "per_device":
     local = batch // num_devices
     if n < local:
@@ -121,7 +142,7 @@ class STFObjective(EDMObjective):
 
   def __init__(self, apply_fn, noise_sampler, *, sigma_data: float = 0.5, num_classes: int = 0,
                reference_size: int = 4096, mode: str = "per_device",
-               restrict_labels: bool = True, batch_size: int):
+               restrict_labels: bool = True, batch_size: int, reference_classes: str = "iid"):
     super().__init__(apply_fn, noise_sampler, sigma_data=sigma_data, num_classes=num_classes)
     if mode not in MODES:
       raise ValueError(f"mode={mode!r}; choose one of {MODES}.")
@@ -129,6 +150,7 @@ class STFObjective(EDMObjective):
     self.mode = mode
     self.use_labels = bool(restrict_labels) and bool(num_classes)
     self.batch_size = int(batch_size)
+    self.reference_classes = reference_classes
 
   @classmethod
   def validate_config(cls, config, num_devices=None):
@@ -140,7 +162,8 @@ class STFObjective(EDMObjective):
     return cls(apply_fn, noise_sampler, sigma_data=config.objective.sigma_data,
                num_classes=config.data.num_classes, reference_size=config.stf.reference_size,
                mode=config.stf.mode, restrict_labels=config.stf.restrict_labels,
-               batch_size=config.data.batch_size)
+               batch_size=config.data.batch_size,
+               reference_classes=config.stf.reference_classes)
 
   @property
   def num_devices(self) -> int:
