@@ -18,10 +18,11 @@ Deviations (not available in jaxdiff; say so when reporting numbers):
     SongUNet DDPM++ with ADM's widths (192 channels, mult (1, 2, 3, 4), 3
     blocks, attention at 32, 16 and 8; EDM2-S attends at 16 and 8 only), with
     the dropout everywhere instead of only at resolutions <= 16;
-  * lr decay: ECT uses lr = 1e-3 / sqrt(max(k / 2000, 1)); jaxdiff's optimizer
-    has only a constant lr with warm-up, so the lr here is constant;
-  * EMA: the power-function EMAs (sigma_rel 0.01/0.05/0.10) are not implemented;
-    the traditional EMA 0.9999 of ECT's online evaluation is used.
+  * EMA: ECT keeps three power-function EMAs (sigma_rel 0.01/0.05/0.10) besides
+    the traditional EMA 0.9999 of its online evaluation; jaxdiff keeps one EMA,
+    here the 0.9999 one (`--config.ema.kind=power --config.ema.std=0.05` keeps a
+    power EMA instead).
+ECT's lr decay, lr = 1e-3 / sqrt(max(k / 2000, 1)), is `optim.decay_steps = 2000`.
 `init_from` is a configs/imagenet64_edm.py run (tests/test_recipe_chains.py).
 
 Data: tfds `imagenet_resized/64x64` (train split, box-downsampled; EDM2 uses
@@ -45,6 +46,7 @@ def get_config(arg: str = ""):
                     optimizer="adam", b2=0.99)
   c.consistency.stage_steps = 25000
   c.optim.lr = 1e-3
+  c.optim.decay_steps = 2000       # lr / sqrt(max(k / 2000, 1))
   c.optim.nonfinite = "zero"
   common.paper_run(c, 100000, every=5000)
   c.sample.consistency_sigmas = (80.0, 1.526)

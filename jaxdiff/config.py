@@ -27,7 +27,7 @@ from jaxdiff.errors import ConfigError
 DATASETS = ("toy2d", "digits", "tfds")
 TOY2D_DISTRIBUTIONS = ("gaussian_mixture", "moons", "swiss_roll", "checkerboard", "rings")
 OPTIMIZERS = ("adam", "radam", "adamw")
-EMA_KINDS = ("halflife", "constant")
+EMA_KINDS = ("halflife", "constant", "power")
 NONFINITE_POLICIES = ("skip", "zero")
 RNG_IMPLS = ("rbg", "threefry2x32", "unsafe_rbg")
 
@@ -88,6 +88,7 @@ def _training_sections(c: ml_collections.ConfigDict) -> None:
   c.optim.eps = 1e-8
   c.optim.weight_decay = 0.0
   c.optim.warmup_steps = 0       # linear LR warm-up (EDM: 10 Mimg / batch)
+  c.optim.decay_steps = 0        # > 0: lr / sqrt(max(step / decay_steps, 1)) (EDM2, ECT ImageNet)
   c.optim.grad_clip = 0.0        # 0: off
   # Non-finite gradients: "skip" leaves params/opt state untouched for that
   # step (counted); "zero" zeroes non-finite entries like EDM's nan_to_num.
@@ -99,6 +100,7 @@ def _training_sections(c: ml_collections.ConfigDict) -> None:
   c.ema.halflife_kimg = 500.0    # EDM: 0.5 Mimg
   c.ema.rampup_ratio = 0.05
   c.ema.decay = 0.9999           # kind == "constant"
+  c.ema.std = 0.05               # kind == "power": EDM2's sigma_rel
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 1000
@@ -195,6 +197,12 @@ def _validate_generic(config) -> None:
   check_choice("ema.kind", config.ema.kind, EMA_KINDS)
   if config.ema.kind == "constant" and not 0.0 <= config.ema.decay < 1.0:
     raise ConfigError(f"config.ema.decay={config.ema.decay!r} must be in [0, 1).")
+  if config.ema.kind == "power" and not 0.0 < config.ema.std < 12 ** -0.5:
+    raise ConfigError(f"config.ema.std={config.ema.std!r}: the power EMA's relative std must be "
+                      "in (0, 0.2887) (EDM2: 0.05 to 0.10).")
+  if int(config.optim.decay_steps) < 0:
+    raise ConfigError(f"config.optim.decay_steps={config.optim.decay_steps!r} must be >= 0 "
+                      "(0: no decay).")
   check_positive("train.num_steps", config.train.num_steps)
   for key in ("log_every", "ckpt_every"):
     check_positive(f"train.{key}", config.train[key])
