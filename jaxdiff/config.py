@@ -77,6 +77,9 @@ def _generic_sections(c: ml_collections.ConfigDict) -> None:
   c.objective.sigma_data = 0.5
   c.objective.p_mean = -1.2
   c.objective.p_std = 1.2
+  # EDM's formulation, or its VP / VE baselines (objectives/formulations.py): the noise
+  # distribution, loss weight and preconditioning of the diffusion objectives.
+  c.objective.formulation = objectives.DEFAULT_FORMULATION
 
 
 def _training_sections(c: ml_collections.ConfigDict) -> None:
@@ -225,7 +228,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   """Raises ConfigError on the first value that cannot work."""
   _validate_generic(config)
   curriculum_settings.validate_curriculum_config(config.curriculum)
-  objectives.get(config.objective.name).validate_config(config, num_devices)
+  method = objectives.get(config.objective.name)
+  check_choice("objective.formulation", config.objective.formulation, method.formulations)
+  method.validate_config(config, num_devices)
   if num_devices is not None:
     check_batch_divides(config.data.batch_size, num_devices)
     check_microbatches(config, num_devices)

@@ -161,7 +161,7 @@ def test_denoise_computes_in_x_dtype_and_rejects_unknown_precond():
     out = diffusion.denoise(apply_fn, None, x, np.array([1.0, 2.0]))
     chex.assert_type(out, jnp.float64)
   with pytest.raises(ValueError, match="precond"):
-    diffusion.denoise(apply_fn, None, x, 1.0, precond="vp")
+    diffusion.denoise(apply_fn, None, x, 1.0, precond="subvp")
 
 
 def _karras_reference(n, sigma_min=0.002, sigma_max=80.0, rho=7.0):

@@ -1,7 +1,8 @@
 """Diffusion math shared by every objective and sampler (docs/edm.md#preconditioning).
 
 Public API (api.md): `edm_precond`, `cm_precond`, `edm_loss_weight`,
-`karras_sigmas`. Also `denoise` (the preconditioned denoiser around a raw
+`karras_sigmas`. EDM's VP and VE baselines: `vp_precond`, `ve_precond`, `vp_sigma`,
+`vp_sigma_inv`, `vp_ve_loss_weight`. Also `denoise` (the preconditioned denoiser around a raw
 network) and the lognormal noise distribution helpers.
 """
 from jaxdiff.diffusion.noise import lognormal_cdf
@@ -12,6 +13,11 @@ from jaxdiff.diffusion.precond import denoise
 from jaxdiff.diffusion.precond import edm_loss_weight
 from jaxdiff.diffusion.precond import edm_precond
 from jaxdiff.diffusion.precond import karras_sigmas
+from jaxdiff.diffusion.precond import ve_precond
+from jaxdiff.diffusion.precond import vp_precond
+from jaxdiff.diffusion.precond import vp_sigma
+from jaxdiff.diffusion.precond import vp_sigma_inv
+from jaxdiff.diffusion.precond import vp_ve_loss_weight
 
 __all__ = [
     "cm_precond",
@@ -22,4 +28,9 @@ __all__ = [
     "lognormal_cdf",
     "lognormal_quantile",
     "lognormal_sigma",
+    "ve_precond",
+    "vp_precond",
+    "vp_sigma",
+    "vp_sigma_inv",
+    "vp_ve_loss_weight",
 ]

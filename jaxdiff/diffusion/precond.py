@@ -76,6 +76,44 @@ def cm_precond(sigma, sigma_min: float = 0.002, sigma_data: float = 0.5):
   return c_skip, c_out, c_in, c_noise
 
 
+# EDM's VP and VE formulations (Karras et al. 2022, Table 1; NVlabs/edm `VPPrecond`,
+# `VEPrecond`, `VPLoss`, `VELoss`), the baselines STF also reports: docs/edm.md#vp-and-ve.
+VP_DEFAULTS = dict(beta_d=19.9, beta_min=0.1, epsilon_t=1e-5, M=1000)
+VE_DEFAULTS = dict(sigma_min=0.02, sigma_max=100.0)
+
+
+def vp_sigma(t, beta_d: float = 19.9, beta_min: float = 0.1) -> Array:
+  """VP's noise level at time t: sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)."""
+  t = _as_float(t)
+  return jnp.sqrt(jnp.expm1(0.5 * beta_d * t**2 + beta_min * t))
+
+
+def vp_sigma_inv(sigma, beta_d: float = 19.9, beta_min: float = 0.1) -> Array:
+  """The time t with vp_sigma(t) = sigma."""
+  sigma = _as_float(sigma)
+  return (jnp.sqrt(beta_min**2 + 2 * beta_d * jnp.log1p(sigma**2)) - beta_min) / beta_d
+
+
+def vp_precond(sigma, beta_d: float = 19.9, beta_min: float = 0.1, M: int = 1000):
+  """VP preconditioning: c_skip = 1, c_out = -sigma, c_in = 1/sqrt(sigma^2 + 1),
+  c_noise = (M - 1) t(sigma): the DDPM++ network predicts the noise, at DDPM's time scale."""
+  sigma = _as_float(sigma)
+  return (jnp.ones_like(sigma), -sigma, 1 / jnp.sqrt(sigma**2 + 1),
+          (M - 1) * vp_sigma_inv(sigma, beta_d, beta_min))
+
+
+def ve_precond(sigma):
+  """VE preconditioning: c_skip = 1, c_out = sigma, c_in = 1, c_noise = ln(sigma / 2)."""
+  sigma = _as_float(sigma)
+  return jnp.ones_like(sigma), sigma, jnp.ones_like(sigma), jnp.log(0.5 * sigma)
+
+
+def vp_ve_loss_weight(sigma) -> Array:
+  """VP's and VE's loss weight, lambda(sigma) = 1 / sigma^2 (EDM `VPLoss`, `VELoss`)."""
+  sigma = _as_float(sigma)
+  return 1 / sigma**2
+
+
 def edm_loss_weight(sigma, sigma_data: float = 0.5) -> Array:
   """EDM's loss weight lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2.
 
@@ -130,7 +168,7 @@ def karras_sigmas(num_steps: int,
 # dropout_key) -> F`: the raw network, adapted by the trainer.
 RawNetworkFn = Callable[..., Array]
 
-_PRECONDITIONERS = ("edm", "cm")
+_PRECONDITIONERS = ("edm", "cm", "vp", "ve")
 
 
 def denoise(apply_fn: RawNetworkFn,
@@ -157,8 +195,9 @@ def denoise(apply_fn: RawNetworkFn,
     sigma: noise levels `[B]` (a scalar is broadcast to `[B]`).
     sigma_data: data standard deviation.
     class_labels, augment_labels, train, dropout_key: passed through.
-    precond: `"edm"` (EDM, boundary at sigma = 0) or `"cm"` (consistency
-      model, f(x, sigma_min) = x exactly).
+    precond: `"edm"` (EDM, boundary at sigma = 0), `"cm"` (consistency
+      model, f(x, sigma_min) = x exactly), or EDM's `"vp"` / `"ve"` baselines
+      (default VP/VE constants; sigma_data unused).
     sigma_min: the CM boundary; used only with `precond="cm"`.
     noise_label: what the network's noise embedding receives: `"log"`
       (EDM's c_noise = ln(sigma)/4, also CT-JAX's and ECT's) or `"sigma"`
@@ -176,6 +215,10 @@ def denoise(apply_fn: RawNetworkFn,
     c_skip, c_out, c_in, c_noise = edm_precond(sigma, sigma_data)
   elif precond == "cm":
     c_skip, c_out, c_in, c_noise = cm_precond(sigma, sigma_min, sigma_data)
+  elif precond == "vp":
+    c_skip, c_out, c_in, c_noise = vp_precond(sigma)
+  elif precond == "ve":
+    c_skip, c_out, c_in, c_noise = ve_precond(sigma)
   else:
     raise ValueError(
         f"precond must be one of {_PRECONDITIONERS}, got {precond!r}.")

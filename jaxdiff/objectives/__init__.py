@@ -8,11 +8,13 @@
                   2023; Geng et al. 2024; Wang et al. 2024)                "ct" "ict" "ect" "sct"
   act/            Adversarial Consistency Training (Kong et al. 2024)      "act"
   lpips.py        LPIPS-VGG16, the perceptual distance of CT and ACT
+  formulations.py EDM's EDM / VP / VE noise levels, loss weights and preconditionings
 
 Importing this package registers every method. The difficulty curriculum is not
 an objective: it restricts the noise sampler every objective receives.
 """
 from jaxdiff.objectives import edm  # noqa: F401  (each import registers its methods)
+from jaxdiff.objectives import formulations
 from jaxdiff.objectives.act import objective as _act  # noqa: F401
 from jaxdiff.objectives.consistency import ct, ect, ict, sct  # noqa: F401
 from jaxdiff.objectives.registry import build, config_sections, get, names
@@ -20,5 +22,6 @@ from jaxdiff.objectives.stf import objective as _stf  # noqa: F401
 
 # The method of `base_config()`: EDM, the foundation every other method builds on.
 DEFAULT = "edm"
+DEFAULT_FORMULATION = formulations.FORMULATIONS[0]   # EDM's own; see objectives/formulations.py
 
-__all__ = ["DEFAULT", "build", "config_sections", "get", "names"]
+__all__ = ["DEFAULT", "DEFAULT_FORMULATION", "build", "config_sections", "get", "names"]

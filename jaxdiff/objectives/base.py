@@ -158,6 +158,8 @@ class Objective:
   # Extra data examples per step the pipeline must draw for this objective, over
   # all processes; they arrive as batch["reference"] (and batch["reference_label"]).
   reference_draws = 0
+  # The `objective.formulation` values it trains with (objectives/formulations.py).
+  formulations: tuple[str, ...] = ("edm",)
   # How they are drawn (`data.pipeline.REFERENCE_CLASSES`): "iid" from the whole dataset,
   # or "same_class": reference_draws / batch per minibatch row, from that row's class.
   reference_classes = "iid"

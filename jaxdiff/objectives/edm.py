@@ -3,7 +3,8 @@
 ln sigma ~ N(P_mean, P_std^2); loss lambda(sigma) * ||D(y + sigma n; sigma) - y||^2
 with lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2, summed over pixels
 and averaged over the batch, as EDM's training loop does. Samples come from EDM's
-Heun sampler on the preconditioned denoiser D.
+Heun sampler on the preconditioned denoiser D. `objective.formulation = vp | ve`
+trains EDM's VP or VE baseline instead (objectives/formulations.py).
 """
 from __future__ import annotations
 
@@ -11,28 +12,37 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiff import diffusion, sampling
-from jaxdiff.objectives import base
+from jaxdiff.objectives import base, formulations
 from jaxdiff.objectives.registry import register
 
 
 @register("edm")
 class EDMObjective(base.Objective):
+  formulations = formulations.FORMULATIONS
 
   def __init__(self, apply_fn: base.ApplyFn, noise_sampler: base.NoiseSampler,
-               sigma_data: float = 0.5, num_classes: int = 0):
+               sigma_data: float = 0.5, num_classes: int = 0, formulation: str = "edm"):
     self.apply_fn = apply_fn
     self.noise_sampler = noise_sampler
     self.sigma_data = sigma_data
     self.num_classes = num_classes
+    self.formulation = formulation
+
+  @classmethod
+  def noise_sampler(cls, config):
+    return formulations.noise_sampler(config.objective.formulation,
+                                      float(config.objective.p_mean),
+                                      float(config.objective.p_std))
 
   @classmethod
   def from_config(cls, config, apply_fn, example_shape, noise_sampler, mesh=None):
     return cls(apply_fn, noise_sampler, sigma_data=config.objective.sigma_data,
-               num_classes=config.data.num_classes)
+               num_classes=config.data.num_classes, formulation=config.objective.formulation)
 
   def denoise(self, params, x, sigma, class_labels=None, train=False, dropout_key=None):
     return diffusion.denoise(self.apply_fn, params, x, sigma, sigma_data=self.sigma_data,
-                             class_labels=class_labels, train=train, dropout_key=dropout_key)
+                             class_labels=class_labels, train=train, dropout_key=dropout_key,
+                             precond=self.formulation)
 
   def target(self, x_noisy, sigma, batch, aux, key):
     """The regression target of D; STF replaces this with a reference-batch average."""
@@ -47,7 +57,7 @@ class EDMObjective(base.Objective):
     labels = base.one_hot_labels(batch, self.num_classes, y.dtype)
     target = jax.lax.stop_gradient(self.target(x_noisy, sigma, batch, aux, k_target))
     denoised = self.denoise(params, x_noisy, sigma, labels, train=True, dropout_key=k_drop)
-    weight = diffusion.edm_loss_weight(sigma, self.sigma_data)
+    weight = formulations.loss_weight(self.formulation, sigma, self.sigma_data)
     per_sample = weight * base.per_sample_sum((denoised - target) ** 2)
     loss = jnp.mean(per_sample)
     return loss, {"per_sample_loss": per_sample, "sigma": sigma}

@@ -142,8 +142,10 @@ class STFObjective(EDMObjective):
 
   def __init__(self, apply_fn, noise_sampler, *, sigma_data: float = 0.5, num_classes: int = 0,
                reference_size: int = 4096, mode: str = "per_device",
-               restrict_labels: bool = True, batch_size: int, reference_classes: str = "iid"):
-    super().__init__(apply_fn, noise_sampler, sigma_data=sigma_data, num_classes=num_classes)
+               restrict_labels: bool = True, batch_size: int, reference_classes: str = "iid",
+               formulation: str = "edm"):
+    super().__init__(apply_fn, noise_sampler, sigma_data=sigma_data, num_classes=num_classes,
+                     formulation=formulation)
     if mode not in MODES:
       raise ValueError(f"mode={mode!r}; choose one of {MODES}.")
     self.reference_size = int(reference_size)
@@ -163,7 +165,8 @@ class STFObjective(EDMObjective):
                num_classes=config.data.num_classes, reference_size=config.stf.reference_size,
                mode=config.stf.mode, restrict_labels=config.stf.restrict_labels,
                batch_size=config.data.batch_size,
-               reference_classes=config.stf.reference_classes)
+               reference_classes=config.stf.reference_classes,
+               formulation=config.objective.formulation)
 
   @property
   def num_devices(self) -> int:
