@@ -35,7 +35,7 @@ FORMULATIONS = ("edm", "vp", "ve")
 
 
 @dataclasses.dataclass(frozen=True)
-class _UniformVariableSampler:
+class UniformVariableSampler:
   """sigma = sigma_of(u), u ~ U(0, 1), or u uniform over the enabled equal-width clusters."""
   mask: tuple[bool, ...] | None = None
 
@@ -69,7 +69,7 @@ class _UniformVariableSampler:
 
 
 @dataclasses.dataclass(frozen=True)
-class VPSampler(_UniformVariableSampler):
+class VPSampler(UniformVariableSampler):
   """EDM's `VPLoss`: t = 1 + u (epsilon_t - 1), sigma = vp_sigma(t). Cluster 0 is the lowest
   noise (small t)."""
   beta_d: float = VP_DEFAULTS["beta_d"]
@@ -89,7 +89,7 @@ class VPSampler(_UniformVariableSampler):
 
 
 @dataclasses.dataclass(frozen=True)
-class VESampler(_UniformVariableSampler):
+class VESampler(UniformVariableSampler):
   """EDM's `VELoss`: sigma = sigma_min (sigma_max / sigma_min)^u."""
   sigma_min: float = VE_DEFAULTS["sigma_min"]
   sigma_max: float = VE_DEFAULTS["sigma_max"]
