@@ -20,7 +20,7 @@ PACKAGE = os.path.join(ROOT, "jaxdiff")
 FLOORS = {
     "jaxdiff.errors": 0,
     "jaxdiff.console": 1, "jaxdiff.failures": 1, "jaxdiff.liveness": 1, "jaxdiff.weights": 1, "jaxdiff.resize": 1, "jaxdiff.parallel": 1,
-    "jaxdiff.visualize": 1, "jaxdiff.diffusion": 1, "jaxdiff.sampling": 1,
+    "jaxdiff.visualize": 1, "jaxdiff.diffusion": 1, "jaxdiff.augment": 1, "jaxdiff.sampling": 1,
     "jaxdiff.curriculum": 1, "jaxdiff.curriculum.clusters": 1, "jaxdiff.curriculum.pacing": 1,
     "jaxdiff.curriculum.analysis": 1, "jaxdiff.data.builtin": 1, "jaxdiff.data.catalog": 1,
     "jaxdiff.evaluation.frechet": 1, "jaxdiff.evaluation.toy": 1,
