@@ -15,9 +15,9 @@ attention at 16x16, final GroupNorm.
 
 Deviations (documented in objectives/act.py): the generator is jaxdiff's
 SongUNet at ACT's layout (128 x (1, 1, 2, 2), 2 blocks, attention at 16x16)
-instead of diffusers' UNet2DModel; pseudo-Huber instead of LPIPS; the ADA
-subset of act_augment.py; the official first update runs at lr 0 (its
-warm-up of 1 step), here at lr.
+instead of diffusers' UNet2DModel; pseudo-Huber instead of LPIPS; the official
+first update runs at lr 0 (its warm-up of 1 step), here at lr. The adaptive
+augmentation is StyleGAN2-ADA's bgc pipeline, as in the official code.
 """
 from configs import common, digits_act
 

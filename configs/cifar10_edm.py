@@ -16,12 +16,11 @@ ramp-up 0.05; 200 Mimg = 390,625 steps; non-finite gradients zeroed. Sampling:
 18-step Heun (35 NFE). Reported FID 1.97 (50k samples vs the training set,
 min over 3 seed ranges).
 
-Deviation: EDM trains with its non-leaking augmentation pipe (p = 0.12), which
-jaxdiff does not have. The network keeps augment_dim = 9 so the architecture
-(and parameter count) is EDM's, but no augmentation labels are ever passed, so
-that embedding is unused, exactly as in EDM at sampling time. Without
-augmentation EDM's own CIFAR-10 FID is known to be worse (its ablation); expect
-that here. Flips: EDM's default is --xflip=False, so random_flip stays off.
+Augmentation: EDM's non-leaky pipeline with p = 0.12 (x-flip, y-flip, scale,
+rotation, anisotropy, fractional translation; docs/augment.md), its 9 labels fed
+to the network's augmentation embedding in training and zeros at sampling.
+Flips of the data itself: EDM's default is --xflip=False, so random_flip stays
+off (the pipeline flips).
 
 FID runs at train.eval_every (EMA weights, 50k samples, seeds 0-49999) once
 config.eval.inception_weights is set; the reference is the prepared training
@@ -41,7 +40,8 @@ def get_config(arg: str = ""):
   c = common.base_config()
   common.tfds_images(c, "cifar10", 32, batch_size=512)  # EDM's --xflip default: no flips
   c.data.data_dir = ""              # "": $JAXDIFF_DATA_DIR or ~/jaxdiff_datasets
-  common.cifar10_ddpmpp(c, dropout=0.13, augment_dim=9)  # EDM's architecture; see the note
+  common.cifar10_ddpmpp(c, dropout=0.13, augment_dim=9)  # EDM's architecture
+  c.augment.p = 0.12                # EDM's --augment: the pipeline's 9 labels feed augment_dim
 
   common.edm_training(c, lr=1e-3, ema_halflife_kimg=500.0)
 

@@ -7,7 +7,7 @@
 
 `configs/cifar10_edm.py` (EDM's CIFAR-10 recipe: DDPM++ 55.7M, batch 512, Adam
 1e-3 with a 10 Mimg warm-up, EMA half-life 0.5 Mimg, dropout 0.13, 200 Mimg,
-35-NFE Heun; its deviation note on augmentation applies here too) with
+35-NFE Heun, augmentation p = 0.12) with
 Newbeeer/stf's `--stf=1 --rbatch=1024` (docs/stf.md#reference-set-construction):
 the target is the STF
 target over a per-device reference set of 1024 images, the device's minibatch
@@ -15,9 +15,8 @@ images included. On 8 devices that is 64 minibatch images + 960 fresh draws per
 device and step, as in the official 8-GPU runs. Reported: FID 1.92 (EDM+STF,
 DDPM++, rbatch 1024) vs 1.97 (EDM), 35 NFE.
 
-Without EDM's augmentation pipe the reference set holds un-augmented images,
-which is what the official code does with augmentation off (minus its shape
-bug, docs/stf.md#pitfalls).
+The reference draws are augmented independently of the minibatch, with the
+same pipeline, as the official code does (docs/stf.md#pitfalls).
 
 `:smoke` is cifar10_edm's smoke (a generated 8x8 RGB dataset read through the
 same tfds ArrayRecord path as CIFAR-10, a tiny DDPM++, a few steps), so it runs

@@ -230,6 +230,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   curriculum_settings.validate_curriculum_config(config.curriculum)
   method = objectives.get(config.objective.name)
   check_choice("objective.formulation", config.objective.formulation, method.formulations)
+  if config.augment.p and not method.augments:
+    raise ConfigError(
+        f"config.augment.p={config.augment.p}: objective {config.objective.name!r} does not use "
+        "EDM's augmentation pipeline (it would be ignored); set --config.augment.p=0.")
   method.validate_config(config, num_devices)
   if num_devices is not None:
     check_batch_divides(config.data.batch_size, num_devices)

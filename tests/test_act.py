@@ -225,13 +225,17 @@ def test_discriminator_step_moves_only_the_discriminator_and_the_teacher(setup):
 
 # ------------------------------------------------------------------ augmentation
 
-def test_augment_is_identity_at_p_zero_and_differentiable():
+@pytest.mark.parametrize("ops", [("ada_bgc",), act_augment.OPERATIONS], ids=["bgc", "all"])
+def test_augment_is_identity_at_p_zero_and_differentiable(ops):
+  """The official "bgc" pipeline (the default) and jaxdiff's subset after it: p = 0 is the
+  identity bit for bit, p traced (ACT's adaptive p) works, gradients reach the images."""
   x = jax.random.normal(jax.random.key(0), (16, 8, 8, 3))
-  np.testing.assert_array_equal(act_augment.augment(jax.random.key(1), x, 0.0), x)
-  y = act_augment.augment(jax.random.key(1), x, 1.0)
+  np.testing.assert_array_equal(act_augment.augment(jax.random.key(1), x, 0.0, ops), x)
+  y = jax.jit(lambda p: act_augment.augment(jax.random.key(1), x, p, ops))(1.0)
   assert y.shape == x.shape and not np.array_equal(y, x)
   weights = jax.random.normal(jax.random.key(2), x.shape)
-  grad = jax.grad(lambda v: jnp.sum(act_augment.augment(jax.random.key(1), v, 0.7) * weights))(x)
+  grad = jax.grad(lambda v: jnp.sum(act_augment.augment(jax.random.key(1), v, 0.7, ops)
+                                    * weights))(x)
   assert np.all(np.isfinite(grad)) and float(jnp.abs(grad).sum()) > 0
 
 

@@ -226,3 +226,61 @@ def test_errors():
     jax.jit(functools.partial(ap.augment, brightness=1)).lower(key, _images(n=1, c=2))
   with pytest.raises(ValueError, match="missing"):
     _apply.lower(_images(n=1), ap.AugmentParams(config=ap.AugmentConfig(scale=1)))
+
+
+# ------------------------------------------------------------------ wired into EDM's loss
+
+def test_edm_loss_augments_the_clean_batch_and_conditions_the_network():
+  """augment.p > 0: noise goes on the augmented image, the loss regresses onto it, and the
+  network receives the augmentation labels (EDM's loss.py); p = 0 is the plain loss."""
+  from jaxdiff import config as config_lib
+  from jaxdiff.objectives import base
+  from jaxdiff.objectives.edm import EDMObjective, augment_config
+  seen = {}
+
+  def apply_fn(p, x, c_noise, labels=None, augment_labels=None, *rest):
+    seen["augment_labels"] = augment_labels
+    return p * x
+
+  c = config_lib.load_config("cifar10_edm")
+  pipe = augment_config(c)
+  assert pipe is not None and pipe.label_dim == 9 and pipe.p == 0.12
+  y = jax.random.uniform(jax.random.PRNGKey(0), (6, 8, 8, 3), minval=-1, maxval=1)
+  key = jax.random.PRNGKey(1)
+  obj = EDMObjective(apply_fn, base.LognormalSampler(), augment=dataclasses.replace(pipe, p=1.0))
+  loss, _ = obj.loss(jnp.float32(0.3), None, {"image": y}, key, 0)
+  assert seen["augment_labels"].shape == (6, 9)
+  aug, labels = obj.augment_batch(jax.random.fold_in(key, 0xA06), {"image": y})
+  np.testing.assert_array_equal(np.asarray(seen["augment_labels"]), np.asarray(labels))
+  plain = EDMObjective(apply_fn, base.LognormalSampler())
+  want, _ = plain.loss(jnp.float32(0.3), None, aug, key, 0)   # same noise on the augmented y
+  np.testing.assert_allclose(float(loss), float(want), rtol=1e-6)
+  assert seen["augment_labels"] is None
+
+
+def test_augment_settings_are_checked():
+  from jaxdiff import config as config_lib
+  c = config_lib.load_config("cifar10_edm")
+  c.model.augment_dim = 0
+  with pytest.raises(config_lib.ConfigError, match="model.augment_dim=9"):
+    config_lib.validate(c)
+  c = config_lib.load_config("cifar10_ect")
+  c.augment.p = 0.12
+  with pytest.raises(config_lib.ConfigError, match="does not use EDM's augmentation"):
+    config_lib.validate(c)
+  c = config_lib.load_config("cifar10_edm")
+  c.augment.margin = "page"
+  with pytest.raises(config_lib.ConfigError, match="config.augment"):
+    config_lib.validate(c)
+
+
+def test_stf_references_are_augmented_independently():
+  from jaxdiff.objectives import base
+  from jaxdiff.objectives.edm import EDMObjective
+  obj = EDMObjective(lambda *a: a[1], base.LognormalSampler(),
+                     augment=ap.AugmentConfig(p=1.0, xflip=1e8, scale=1.0))
+  y = jax.random.uniform(jax.random.PRNGKey(0), (4, 8, 8, 3))
+  out, labels = obj.augment_batch(jax.random.PRNGKey(1), {"image": y, "reference": y})
+  assert out["reference"].shape == y.shape and labels.shape == (4, 2)
+  assert not np.allclose(np.asarray(out["reference"]), np.asarray(y))
+  assert not np.allclose(np.asarray(out["reference"]), np.asarray(out["image"]))

@@ -144,8 +144,11 @@ class AugmentParams:
 # ---------------------------------------------------------------------------
 # Random draws.
 
-def sample_augment_params(key: jax.Array, batch: int, config: AugmentConfig) -> AugmentParams:
+def sample_augment_params(key: jax.Array, batch: int, config: AugmentConfig,
+                          p=None) -> AugmentParams:
   """Draw every transform's per-sample value and gate it with `rand < multiplier * p`.
+
+  `p` overrides `config.p` and may be a traced value (ACT's adaptive probability).
 
   Each transform uses its own key (`fold_in(key, index)`), so enabling one transform
   does not change another's draws. Distributions are the official ones.
@@ -157,8 +160,10 @@ def sample_augment_params(key: jax.Array, batch: int, config: AugmentConfig) -> 
   def keys(name):
     return jax.random.split(jax.random.fold_in(key, TRANSFORMS.index(name)), 3)
 
+  prob = c.p if p is None else p
+
   def gate(k, multiplier, shape=(n,)):
-    return jax.random.uniform(k, shape) < multiplier * c.p
+    return jax.random.uniform(k, shape) < multiplier * prob
 
   def gated(value, on):
     on = on.reshape(on.shape + (1,) * (value.ndim - on.ndim))

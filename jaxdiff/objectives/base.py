@@ -160,6 +160,8 @@ class Objective:
   reference_draws = 0
   # The `objective.formulation` values it trains with (objectives/formulations.py).
   formulations: tuple[str, ...] = ("edm",)
+  # Whether it applies EDM's augmentation pipeline when `augment.p > 0` (docs/augment.md).
+  augments = False
   # How they are drawn (`data.pipeline.REFERENCE_CLASSES`): "iid" from the whole dataset,
   # or "same_class": reference_draws / batch per minibatch row, from that row's class.
   reference_classes = "iid"

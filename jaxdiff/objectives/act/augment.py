@@ -1,6 +1,11 @@
 """Differentiable adaptive augmentation of ACT's discriminator inputs (docs/act.md).
 
-See docs/act.md#adaptive-augmentation for the official pipeline.
+See docs/act.md#adaptive-augmentation for the official pipeline. "ada_bgc" (the default)
+is that pipeline: StyleGAN2-ADA's blit, general-geometric and colour transforms, every one
+with multiplier 1 and probability p, run by jaxdiff/augment (EDM's port of the same
+`AugmentPipe`; docs/augment.md). It is differentiable with respect to the images (gathers,
+bilinear weights and linear filters) and the identity at p = 0. The operations below are
+jaxdiff's earlier subset, kept as options (cutout among them), applied after it.
 
 `augment(key, x, p)` applies each enabled operation to each image independently with
 probability `p` (the ADA probability, a traced value that `math.ada_update` moves with
@@ -35,8 +40,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-OPERATIONS = ("xflip", "rotate90", "translate", "brightness", "contrast", "saturation",
-              "cutout")
+from jaxdiff import augment as augment_lib
+
+OPERATIONS = ("ada_bgc", "xflip", "rotate90", "translate", "brightness", "contrast",
+              "saturation", "cutout")
+# StyleGAN2-ADA's "bgc" (its augpipe_specs): every blit, geometric and colour transform.
+ADA_BGC = augment_lib.AugmentConfig(
+    p=1.0, xflip=1, rotate_int=1, translate_int=1, scale=1, rotate_frac=1, aniso=1,
+    translate_frac=1, brightness=1, contrast=1, lumaflip=1, hue=1, saturation=1, margin="max")
 
 
 def _select(apply, new, old):
@@ -81,7 +92,7 @@ def _cutout(key, x, fraction):
   return jnp.where(hole[..., None], jnp.zeros((), x.dtype), x)
 
 
-def augment(key: jax.Array, x: jax.Array, p, operations=OPERATIONS,
+def augment(key: jax.Array, x: jax.Array, p, operations=("ada_bgc",),
             translate_fraction: float = 0.125, cutout_fraction: float = 0.5,
             brightness_std: float = 0.2, contrast_std: float = 0.5,
             saturation_std: float = 1.0) -> jax.Array:
@@ -92,7 +103,10 @@ def augment(key: jax.Array, x: jax.Array, p, operations=OPERATIONS,
   b, h, w, c = x.shape
   dtype = x.dtype
   p = jnp.asarray(p, jnp.float32)
-  for name in OPERATIONS:  # a fixed order whatever the order of `operations`
+  if "ada_bgc" in operations:
+    draws = augment_lib.sample_augment_params(jax.random.fold_in(key, 0xADA), b, ADA_BGC, p=p)
+    x, _ = augment_lib.apply_augment(x, draws)
+  for name in OPERATIONS[1:]:  # a fixed order whatever the order of `operations`
     if name not in operations:
       continue
     key, k_apply, k_param = jax.random.split(key, 3)

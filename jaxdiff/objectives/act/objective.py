@@ -37,8 +37,8 @@ Deviations, all configurable: the consistency distance is the paper's LPIPS
 only when the user supplies converted VGG16 weights (`consistency.metric=lpips`,
 `consistency.lpips_weights`, see `objectives/lpips.py`); by default it is
 pseudo-Huber with iCT's c (jaxdiff never downloads weights; a warning says so at
-start); the generator is jaxdiff's SongUNet rather than diffusers' UNet2DModel;
-the augmentation is the subset documented in `augment.py`.
+start); the generator is jaxdiff's SongUNet rather than diffusers' UNet2DModel. The
+augmentation is StyleGAN2-ADA's bgc pipeline, as official (`augment.py`).
 """
 from __future__ import annotations
 

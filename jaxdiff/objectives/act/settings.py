@@ -37,8 +37,9 @@ CONFIG = {"act": dict(
     ada_threshold=1e4,
     ada_length=500000.0,
     ada_ema=0.93,
-    augment=("xflip", "rotate90", "translate", "brightness", "contrast", "saturation",
-             "cutout"),
+    # "ada_bgc": StyleGAN2-ADA's pipeline, the official one; the other operations of
+    # act/augment.py (jaxdiff's earlier subset, with cutout) may be added after it.
+    augment=("ada_bgc",),
     # Time input of generator and discriminator: "sigma" (raw sigma, official) or "log".
     noise_label="sigma",
     # Sampling weights: "teacher" (the mu(k) EMA, official) or "trainer_ema" (config.ema).
