@@ -67,6 +67,14 @@ def _generic_sections(c: ml_collections.ConfigDict) -> None:
   # block inside the backward pass; "full" recomputes the whole network.
   c.model.remat = "none"
   c.model.fourier_scale = 16.0   # ncsnpp's Fourier noise embedding (iCT: 0.02)
+  # dit only (docs/dit.md): a DiT-{S,B,L,XL}/{2,4,8} preset, 0 = the preset's value for the
+  # overrides, and learn_sigma for DDPM's learned variance (doubles the output channels).
+  c.model.dit_preset = "DiT-S/2"
+  c.model.dit_depth = 0
+  c.model.dit_hidden_size = 0
+  c.model.dit_num_heads = 0
+  c.model.dit_patch_size = 0
+  c.model.learn_sigma = False
   c.model.hidden_dim = 128       # mlp only
   c.model.num_layers = 3         # mlp only
 

@@ -43,7 +43,7 @@ RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.ckpt_every", "tra
 ARCHITECTURE_KEYS = ("data.image_size", "data.channels", "data.num_classes", "model.name",
                      "model.model_channels", "model.channel_mult", "model.channel_mult_emb",
                      "model.num_blocks", "model.attn_resolutions", "model.augment_dim",
-                     "model.hidden_dim", "model.num_layers")
+                     "model.hidden_dim", "model.num_layers", "model.dit_", "model.learn_sigma")
 
 # Layers a source run may have that this model lacks, dropped on init_from: parameter-name
 # component -> (config key that removes it, what it is). Only a drop to 0 is allowed.

@@ -1,4 +1,4 @@
-"""Denoiser networks: EDM's SongUNet (DDPM++ / NCSN++) and a toy-data MLP.
+"""Denoiser networks: EDM's SongUNet (DDPM++ / NCSN++), DiT, and a toy-data MLP.
 
 ``build_model(config.model, image_shape=..., num_classes=...)`` returns a Flax Linen module
 called as ``apply({'params': p}, x, noise_labels, class_labels=None, augment_labels=None,
@@ -14,11 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff.models import dit
 from jaxdiff.models.layers import LOGICAL_AXIS_NAMES
 from jaxdiff.models.mlp import MLPDenoiser
 from jaxdiff.models.unet import SongUNet, UNetBlock
 
-MODEL_NAMES = ('ddpmpp', 'ncsnpp', 'mlp')
+MODEL_NAMES = ('ddpmpp', 'ncsnpp', 'mlp', 'dit')
 # Rematerialisation policies (docs/implementation.md#memory): 'blocks' checkpoints every
 # UNet block (the backward pass recomputes a block from its input); 'full' in addition
 # checkpoints the whole network, so that between a network call and its backward pass only
@@ -96,6 +97,8 @@ def build_model(model_config, *, image_shape, num_classes: int = 0) -> nn.Module
                        hidden_dim=int(_get(model_config, 'hidden_dim')),
                        num_layers=int(_get(model_config, 'num_layers')), **common)
 
+  if name == 'dit':
+    return _build_dit(model_config, image_shape, num_classes, remat, DTYPES[dtype_name])
   if len(image_shape) != 3 or image_shape[0] != image_shape[1]:
     raise ValueError(f'model.name={name!r} needs a square image shape (H, W, C); '
                      f'got {image_shape}')
@@ -119,6 +122,34 @@ def build_model(model_config, *, image_shape, num_classes: int = 0) -> nn.Module
       num_blocks=int(_get(model_config, 'num_blocks')),
       attn_resolutions=tuple(int(r) for r in _get(model_config, 'attn_resolutions')),
       remat_blocks=remat in ('blocks', 'full'), **variant, **common)
+
+
+def _build_dit(model_config, image_shape, num_classes: int, remat: str, dtype) -> nn.Module:
+  """DiT (docs/dit.md) from `model.dit_preset` ('DiT-S/2', ...), optionally overriding
+  depth / hidden_size / num_heads / patch_size; `model.learn_sigma` doubles the output
+  channels (eps, then DiT's variance interpolation v). DiT has no dropout; its label
+  dropout (DiT: 0.1) is `model.label_dropout`, and conditional models get a null class."""
+  if len(image_shape) != 3:
+    raise ValueError(f"model.name='dit' needs an image or latent shape (H, W, C); got "
+                     f"{image_shape}")
+  preset = str(model_config.get('dit_preset', 'DiT-S/2'))
+  if preset not in dit.DIT_PRESETS:
+    raise ValueError(f'model.dit_preset={preset!r} is not one of {tuple(dit.DIT_PRESETS)}')
+  arch = dict(dit.DIT_PRESETS[preset])
+  for key in ('depth', 'hidden_size', 'num_heads', 'patch_size'):
+    if model_config.get(f'dit_{key}', 0):
+      arch[key] = int(model_config[f'dit_{key}'])
+  if image_shape[0] % arch['patch_size'] or image_shape[1] % arch['patch_size']:
+    raise ValueError(f"image {image_shape[:2]} is not divisible by DiT's patch size "
+                     f"{arch['patch_size']} (model.dit_preset={preset!r}); use a patch size "
+                     "that divides it")
+  return dit.DiT(**arch, num_classes=int(num_classes),
+                 class_dropout_prob=_check_probability('label_dropout',
+                                                       _get(model_config, 'label_dropout')),
+                 null_class=True if num_classes else None,
+                 learn_sigma=bool(model_config.get('learn_sigma', False)),
+                 augment_dim=int(_get(model_config, 'augment_dim')),
+                 remat_blocks=remat in ('blocks', 'full'), dtype=dtype)
 
 
 def remat_whole_network(model_config) -> bool:

@@ -33,9 +33,11 @@ CONV_BIAS_AXES = ('conv_out',)
 DENSE_KERNEL_AXES = ('embed_in', 'embed_out')
 DENSE_BIAS_AXES = ('embed_out',)
 NORM_AXES = ('norm',)
+# The transformers' (DiT): attention split per head, the MLP's hidden axis, the label table.
+TRANSFORMER_AXES = ('qkv', 'heads', 'head_dim', 'mlp', 'classes')
 # Every logical axis name a parameter of jaxdiff.models may carry.
 LOGICAL_AXIS_NAMES = tuple(dict.fromkeys(
-    CONV_KERNEL_AXES + DENSE_KERNEL_AXES + NORM_AXES))
+    CONV_KERNEL_AXES + DENSE_KERNEL_AXES + NORM_AXES + TRANSFORMER_AXES))
 
 INIT_MODES = ('xavier_uniform', 'xavier_normal', 'kaiming_uniform', 'kaiming_normal')
 
