@@ -17,6 +17,9 @@ Two kinds of clusters:
   * "uniform" (DDPM-style integer timesteps t in [0, T)): equal-width
     intervals [i T / N, (i + 1) T / N). (secondary: a quote of the paper;
     docs/curriculum.md#clusters)
+  * "snr", "logsnr" (integer timesteps): ANT's interval clustering of the
+    schedule's SNR or log-SNR by dynamic programming (gohyojun15/ANT_diffusion;
+    `snr_clusters.py`).
 
 A stage is a *mask*: a tuple of N Python bools, hashable, meant to be passed
 to `jax.jit` as a static argument so each stage compiles once. The samplers
@@ -40,7 +43,7 @@ from jaxdiff.diffusion.noise import lognormal_sigma
 Array = jax.Array
 Mask = Tuple[bool, ...]
 
-KINDS = ("lognormal", "uniform")
+KINDS = ("lognormal", "uniform", "snr", "logsnr")
 ORDERS = ("easy_to_hard", "hard_to_easy", "random")
 
 
@@ -79,7 +82,8 @@ def cluster_edges(num_clusters: int,
                   kind: str = "lognormal",
                   p_mean: float = -1.2,
                   p_std: float = 1.2,
-                  num_timesteps: int = 1000) -> Array:
+                  num_timesteps: int = 1000,
+                  betas=None) -> Array:
   """The `num_clusters - 1` inner cluster boundaries, ascending.
 
   Args:
@@ -89,7 +93,9 @@ def cluster_edges(num_clusters: int,
       dtype). "uniform": integer timesteps floor(i * num_timesteps / N)
       (int32).
     p_mean, p_std: EDM's training distribution of ln sigma.
-    num_timesteps: T of the discrete ("uniform") kind.
+    num_timesteps: T of the discrete kinds.
+    betas: the discrete schedule's T betas for "snr" / "logsnr" (default: DDPM's linear
+      schedule over num_timesteps, `jaxdiff.diffusion.ddpm_betas`).
 
   Returns:
     `[N - 1]` array. Cluster i is [edges[i-1], edges[i]), with the outer
@@ -102,6 +108,11 @@ def cluster_edges(num_clusters: int,
     num_timesteps = operator.index(num_timesteps)
     inner = np.arange(1, num_clusters)
     return jnp.asarray(inner * num_timesteps // num_clusters, jnp.int32)
+  if kind in ("snr", "logsnr"):
+    from jaxdiff.curriculum.snr_clusters import snr_cluster_edges
+    from jaxdiff.diffusion.ddpm import ddpm_betas
+    betas = ddpm_betas(operator.index(num_timesteps)) if betas is None else betas
+    return jnp.asarray(snr_cluster_edges(num_clusters, betas, kind), jnp.int32)
   raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
 
 
@@ -297,7 +308,8 @@ def _sample_sigma(key, shape, mask, p_mean, p_std, dtype) -> Array:
 def sample_timestep_in_mask(key: Array,
                             shape,
                             mask: Sequence[bool],
-                            num_timesteps: int = 1000) -> Array:
+                            num_timesteps: int = 1000,
+                  betas=None) -> Array:
   """Samples integer timesteps uniformly over the enabled clusters.
 
   Cluster i holds the integers [floor(i T / N), floor((i + 1) T / N)); the

@@ -114,8 +114,10 @@ def build_model(model_config, *, image_shape, num_classes: int = 0) -> nn.Module
   variant = dict(_SONG_UNET_VARIANTS[name])
   if name == 'ncsnpp':
     variant['fourier_scale'] = float(_get(model_config, 'fourier_scale'))
+  # DDPM's learned variance (model.learn_sigma) doubles the output: eps, then v.
+  out_channels = image_shape[2] * (2 if model_config.get('learn_sigma', False) else 1)
   return SongUNet(
-      out_channels=image_shape[2],
+      out_channels=out_channels,
       model_channels=int(_get(model_config, 'model_channels')),
       channel_mult=channel_mult,
       channel_mult_emb=int(_get(model_config, 'channel_mult_emb')),

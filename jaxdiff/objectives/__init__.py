@@ -10,12 +10,13 @@
   lpips.py        LPIPS-VGG16, the perceptual distance of CT and ACT
   formulations.py EDM's EDM / VP / VE noise levels, loss weights and preconditionings
   flow.py         flow matching, SiT's linear interpolant (Ma et al. 2024)    "flow"
+  ddpm.py         discrete-time diffusion as DiT trains it (Ho et al. 2020)    "ddpm"
 
 Importing this package registers every method. The difficulty curriculum is not
 an objective: it restricts the noise sampler every objective receives.
 """
 from jaxdiff.objectives import edm  # noqa: F401  (each import registers its methods)
-from jaxdiff.objectives import flow, formulations  # noqa: F401
+from jaxdiff.objectives import ddpm, flow, formulations  # noqa: F401
 from jaxdiff.objectives.act import objective as _act  # noqa: F401
 from jaxdiff.objectives.consistency import ct, ect, ict, sct  # noqa: F401
 from jaxdiff.objectives.registry import build, config_sections, get, names
