@@ -67,6 +67,9 @@ def _generic_sections(c: ml_collections.ConfigDict) -> None:
   # block inside the backward pass; "full" recomputes the whole network.
   c.model.remat = "none"
   c.model.fourier_scale = 16.0   # ncsnpp's Fourier noise embedding (iCT: 0.02)
+  # ncsnpp: the frequencies of a converted official network (jaxdiff.convert); () = the
+  # seeded N(0, fourier_scale^2) constant.
+  c.model.fourier_freqs = ()
   # dit only (docs/dit.md): a DiT-{S,B,L,XL}/{2,4,8} preset, 0 = the preset's value for the
   # overrides, and learn_sigma for DDPM's learned variance (doubles the output channels).
   c.model.dit_preset = "DiT-S/2"

@@ -43,7 +43,9 @@ RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.ckpt_every", "tra
 ARCHITECTURE_KEYS = ("data.image_size", "data.channels", "data.num_classes", "model.name",
                      "model.model_channels", "model.channel_mult", "model.channel_mult_emb",
                      "model.num_blocks", "model.attn_resolutions", "model.augment_dim",
-                     "model.hidden_dim", "model.num_layers", "model.dit_", "model.learn_sigma")
+                     "model.hidden_dim", "model.num_layers", "model.dit_", "model.learn_sigma",
+                     # Not shapes, but a tuned network is only itself with its own embedding.
+                     "model.fourier_")
 
 # Layers a source run may have that this model lacks, dropped on init_from: parameter-name
 # component -> (config key that removes it, what it is). Only a drop to 0 is allowed.
@@ -97,8 +99,12 @@ def check_config(workdir: str, config, allow_change: bool = False) -> None:
 
 
 def _architecture_diffs(saved: dict, current: dict) -> list[str]:
-  """Architecture keys that differ, less the droppable layers this model lacks."""
-  diffs = [d for d in config_lib.config_diff(saved, current) if d.startswith(ARCHITECTURE_KEYS)]
+  """Architecture keys that differ, less the droppable layers this model lacks and keys a
+  run from an older version lacks while this one has them at today's default."""
+  defaults = json.loads(config_lib.to_json(config_lib.base_config()))
+  diffs = [d for d in config_lib.config_diff(saved, current) if d.startswith(ARCHITECTURE_KEYS)
+           and not (_lookup(saved, d.split(":")[0]) == {}
+                    and _lookup(current, d.split(":")[0]) == _lookup(defaults, d.split(":")[0]))]
   droppable = {key for key, _ in DROPPABLE_LAYERS.values()
                if not _lookup(current, key)}   # this model has none of that layer
   return [d for d in diffs if d.split(":")[0] not in droppable]

@@ -40,7 +40,7 @@ _SONG_UNET_VARIANTS = {
 _DEFAULTS = dict(model_channels=128, channel_mult=(2, 2, 2), channel_mult_emb=4, num_blocks=4,
                  attn_resolutions=(16,), dropout=0.13, label_dropout=0.0, augment_dim=0,
                  dtype='float32', hidden_dim=128, num_layers=3, remat='none',
-                 fourier_scale=16.0)
+                 fourier_scale=16.0, fourier_freqs=())
 
 
 def _get(model_config: Mapping[str, Any], key: str):
@@ -114,6 +114,7 @@ def build_model(model_config, *, image_shape, num_classes: int = 0) -> nn.Module
   variant = dict(_SONG_UNET_VARIANTS[name])
   if name == 'ncsnpp':
     variant['fourier_scale'] = float(_get(model_config, 'fourier_scale'))
+    variant['fourier_freqs'] = tuple(float(f) for f in _get(model_config, 'fourier_freqs'))
   # DDPM's learned variance (model.learn_sigma) doubles the output: eps, then v.
   out_channels = image_shape[2] * (2 if model_config.get('learn_sigma', False) else 1)
   return SongUNet(

@@ -242,22 +242,33 @@ class FourierEmbedding(nn.Module):
   num_channels: int
   scale: float = 16.0
   seed: int = 0
+  # An official network's own frequencies (EDM's `freqs` buffer, N(0, scale^2) draws from
+  # PyTorch's generator), as a converted checkpoint brings them; () = the seeded constant.
+  freqs: tuple = ()
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    freqs = np.random.RandomState(self.seed).standard_normal(self.num_channels // 2)
-    freqs = (2 * np.pi * self.scale * freqs).astype(np.float32)
+    if self.freqs:
+      if len(self.freqs) != self.num_channels // 2:
+        raise ValueError(f'model.fourier_freqs has {len(self.freqs)} values; the embedding '
+                         f'needs num_channels / 2 = {self.num_channels // 2}')
+      # In float32 as EDM's x.ger(2 pi freqs).
+      freqs = np.float32(2 * np.pi) * np.asarray(self.freqs, np.float32)
+    else:
+      freqs = np.random.RandomState(self.seed).standard_normal(self.num_channels // 2)
+      freqs = (2 * np.pi * self.scale * freqs).astype(np.float32)
     x = x.astype(jnp.float32)[:, None] * jnp.asarray(freqs)[None, :]
     return jnp.concatenate([jnp.sin(x), jnp.cos(x)], axis=-1)
 
 
 def noise_embedding(embedding_type: str, num_channels: int,
-                    fourier_scale: float = 16.0) -> nn.Module:
+                    fourier_scale: float = 16.0, fourier_freqs: tuple = ()) -> nn.Module:
   """'positional' (DDPM++, endpoint=True as SongUNet) or 'fourier' (NCSN++; frequencies
   N(0, fourier_scale^2): 16 in EDM and CT, 0.02 in iCT)."""
   if embedding_type == 'positional':
     return PositionalEmbedding(num_channels, endpoint=True, name='map_noise')
   if embedding_type == 'fourier':
-    return FourierEmbedding(num_channels, scale=fourier_scale, name='map_noise')
+    return FourierEmbedding(num_channels, scale=fourier_scale, freqs=tuple(fourier_freqs),
+                            name='map_noise')
   raise ValueError(
       f"embedding_type={embedding_type!r} is not one of ('positional', 'fourier')")
 
@@ -292,6 +303,7 @@ class ConditioningEmbedding(nn.Module):
   augment_dim: int = 0
   label_dropout: float = 0.0
   fourier_scale: float = 16.0
+  fourier_freqs: tuple = ()
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -299,7 +311,7 @@ class ConditioningEmbedding(nn.Module):
                train: bool = False):
     noise_labels = jnp.broadcast_to(jnp.asarray(noise_labels, jnp.float32), (batch,))
     emb = noise_embedding(self.embedding_type, self.noise_channels,
-                          self.fourier_scale)(noise_labels)
+                          self.fourier_scale, self.fourier_freqs)(noise_labels)
     if self.label_dim:
       labels = as_one_hot(class_labels, self.label_dim, batch)
       if train and self.label_dropout:

@@ -156,6 +156,7 @@ class SongUNet(nn.Module):
   label_dropout: float = 0.0
   embedding_type: str = 'positional'
   fourier_scale: float = 16.0        # 'fourier' only (iCT: 0.02)
+  fourier_freqs: tuple = ()          # 'fourier' only: a converted network's own frequencies
   channel_mult_noise: int = 1
   encoder_type: str = 'standard'
   decoder_type: str = 'standard'
@@ -189,7 +190,8 @@ class SongUNet(nn.Module):
         emb_channels=self.model_channels * self.channel_mult_emb,
         embedding_type=self.embedding_type, label_dim=self.label_dim,
         augment_dim=self.augment_dim, label_dropout=self.label_dropout,
-        fourier_scale=self.fourier_scale, dtype=self.dtype, name='mapping')(noise_labels, class_labels, augment_labels, batch=batch, train=train)
+        fourier_scale=self.fourier_scale, fourier_freqs=tuple(self.fourier_freqs),
+        dtype=self.dtype, name='mapping')(noise_labels, class_labels, augment_labels, batch=batch, train=train)
 
     # Encoder.
     skips = []

@@ -1,0 +1,151 @@
+"""EDM's networks as jaxdiff networks: the preconditioner and the architecture registry.
+
+`load_network(path)` reads a pickle (`pickle_reader`), recognises its preconditioner
+(`EDMPrecond`, `VPPrecond`, `VEPrecond`; read from the object's attributes) and maps the
+wrapped network through the converter registered for its class name
+(`register_architecture`; `song_unet` registers SongUNet). Classes EDM and EDM2 pickles
+hold that no converter handles yet (ADM, EDM2, iDDPM) fail with "not supported yet"
+(docs/convert.md#not-supported).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from jaxdiff.convert.pickle_reader import EXPECTED, ModuleRecord, read_pickle
+from jaxdiff.diffusion import precond as precond_lib
+from jaxdiff.errors import WeightsFileError
+
+PRECONDS = {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve"}
+# Classes EDM (and EDM2) pickles hold that no converter handles yet: name -> (what, module).
+NOT_YET = {
+    "DhariwalUNet": ("ADM (DhariwalUNet)", "jaxdiff.models.adm"),
+    "iDDPMPrecond": ("iDDPM preconditioning (iDDPMPrecond)", None),
+    "Precond": ("an EDM2 network (NVlabs/edm2 Precond)", "jaxdiff.models.edm2"),
+    "UNet": ("an EDM2 network (NVlabs/edm2 UNet)", "jaxdiff.models.edm2"),
+}
+
+
+@dataclasses.dataclass
+class Precond:
+  """An EDM preconditioner: D(x; sigma) = c_skip x + c_out F(c_in x; c_noise)."""
+  class_name: str
+  formulation: str                       # 'edm' | 'vp' | 've' (objective.formulation)
+  img_resolution: int
+  img_channels: int
+  label_dim: int
+  use_fp16: bool
+  sigma_data: float = 0.5
+  sigma_min: float = 0.0
+  sigma_max: float = math.inf
+  vp: dict = dataclasses.field(default_factory=dict)   # beta_d, beta_min, M, epsilon_t
+
+  def coefficients(self, sigma):
+    if self.formulation == "edm":
+      return precond_lib.edm_precond(sigma, self.sigma_data)
+    if self.formulation == "vp":
+      return precond_lib.vp_precond(sigma, self.vp["beta_d"], self.vp["beta_min"], self.vp["M"])
+    return precond_lib.ve_precond(sigma)
+
+
+@dataclasses.dataclass
+class Converted:
+  """What an architecture converter returns."""
+  module: nn.Module                      # equals the official network's forward
+  params: dict                           # nested numpy float32, the pickle's EMA weights
+  model_config: dict | None              # jaxdiff config.model keys; None: no model.name fits
+  workdir_problems: list[str]            # why a jaxdiff workdir would not reproduce it
+
+
+@dataclasses.dataclass
+class Network:
+  source: str
+  precond: Precond
+  model_class: str
+  converted: Converted
+  snapshot_keys: tuple[str, ...]
+  dataset_kwargs: dict | None = None     # the snapshot's dataset_kwargs (EDM's training data)
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    p = self.precond
+    return (p.img_resolution, p.img_resolution, p.img_channels)
+
+  def num_params(self) -> int:
+    return int(sum(np.size(v) for v in jax.tree.leaves(self.converted.params)))
+
+
+_ARCHITECTURES: dict[str, Callable[[ModuleRecord, Precond, str], Converted]] = {}
+
+
+def register_architecture(class_name: str, converter: Callable) -> None:
+  """Registers `converter(record, precond, where) -> Converted` for a network class name."""
+  _ARCHITECTURES[class_name] = converter
+
+
+def _not_supported(class_name: str, where: str) -> WeightsFileError:
+  what, module = NOT_YET[class_name]
+  status = ""
+  if module:
+    exists = importlib.util.find_spec(module) is not None
+    status = (f" ({module} exists, but no converter is registered for {class_name}: "
+              "jaxdiff.convert.register_architecture)" if exists else
+              f" (jaxdiff has no such network yet: {module})")
+  return WeightsFileError(f"{where}: {what} is not supported yet{status}; only SongUNet "
+                          "(DDPM++ / NCSN++) networks convert today (docs/convert.md#not-supported).")
+
+
+def _attr(record: ModuleRecord, key: str, where: str):
+  if key not in record.state:
+    raise WeightsFileError(f"{where}: {record.class_name} has no attribute {key!r}; expected "
+                           f"{EXPECTED}.")
+  return record.state[key]
+
+
+def read_precond(ema: ModuleRecord, where: str) -> Precond:
+  """The preconditioner of the snapshot's `ema` network (its attributes, not its source)."""
+  name = ema.class_name
+  if name in NOT_YET:
+    raise _not_supported(name, where)
+  if name not in PRECONDS:
+    raise WeightsFileError(f"{where}: the 'ema' network is a {name}, not one of EDM's "
+                           f"preconditioners {tuple(PRECONDS)}; expected {EXPECTED}.")
+  get = lambda k: _attr(ema, k, where)
+  p = Precond(name, PRECONDS[name], int(get("img_resolution")), int(get("img_channels")),
+              int(get("label_dim")), bool(get("use_fp16")))
+  if name == "EDMPrecond":
+    p.sigma_data = float(get("sigma_data"))
+  if name in ("EDMPrecond", "VEPrecond"):
+    p.sigma_min, p.sigma_max = float(get("sigma_min")), float(get("sigma_max"))
+  if name == "VPPrecond":
+    p.vp = {k: float(get(k)) for k in ("beta_d", "beta_min", "epsilon_t")}
+    p.vp["M"] = int(get("M"))
+    p.sigma_min = float(get("sigma_min"))
+    p.sigma_max = float(get("sigma_max"))
+  return p
+
+
+def load_network(path: str) -> Network:
+  """The EMA network of an EDM pickle as a jaxdiff network (checked, never executed)."""
+  snapshot = read_pickle(path)
+  ema = snapshot["ema"]
+  precond = read_precond(ema, path)
+  model = ema.modules.get("model")
+  if not isinstance(model, ModuleRecord):
+    raise WeightsFileError(f"{path}: {ema.class_name} wraps no 'model' network; expected "
+                           f"{EXPECTED}.")
+  if model.class_name not in _ARCHITECTURES and model.class_name in NOT_YET:
+    raise _not_supported(model.class_name, path)
+  if model.class_name not in _ARCHITECTURES:
+    raise WeightsFileError(f"{path}: no converter for the network class {model.class_name!r} "
+                           f"(known: {sorted(_ARCHITECTURES)}; not yet: {sorted(NOT_YET)}).")
+  converted = _ARCHITECTURES[model.class_name](model, precond, path)
+  data = snapshot.get("dataset_kwargs")
+  return Network(path, precond, model.class_name, converted, tuple(map(str, snapshot)),
+                 dict(data) if isinstance(data, dict) else None)
