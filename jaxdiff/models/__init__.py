@@ -1,4 +1,4 @@
-"""Denoiser networks: EDM's SongUNet (DDPM++ / NCSN++), DiT, and a toy-data MLP.
+"""Denoiser networks: EDM's SongUNet (DDPM++ / NCSN++), EDM2's UNet, DiT, and a toy-data MLP.
 
 ``build_model(config.model, image_shape=..., num_classes=...)`` returns a Flax Linen module
 called as ``apply({'params': p}, x, noise_labels, class_labels=None, augment_labels=None,
@@ -14,12 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.models import dit
+from jaxdiff.models import dit, edm2
 from jaxdiff.models.layers import LOGICAL_AXIS_NAMES
 from jaxdiff.models.mlp import MLPDenoiser
 from jaxdiff.models.unet import SongUNet, UNetBlock
 
-MODEL_NAMES = ('ddpmpp', 'ncsnpp', 'mlp', 'dit')
+MODEL_NAMES = ('ddpmpp', 'ncsnpp', 'mlp', 'dit', 'edm2')
 # Rematerialisation policies (docs/implementation.md#memory): 'blocks' checkpoints every
 # UNet block (the backward pass recomputes a block from its input); 'full' in addition
 # checkpoints the whole network, so that between a network call and its backward pass only
@@ -99,6 +99,21 @@ def build_model(model_config, *, image_shape, num_classes: int = 0) -> nn.Module
 
   if name == 'dit':
     return _build_dit(model_config, image_shape, num_classes, remat, DTYPES[dtype_name])
+  if name == 'edm2':
+    if len(image_shape) != 3 or image_shape[0] != image_shape[1]:
+      raise ValueError(f"model.name='edm2' needs a square image shape (H, W, C); got "
+                       f"{image_shape}")
+    if common['augment_dim']:
+      raise ValueError("model.name='edm2' has no augmentation conditioning; set "
+                       "--config.model.augment_dim=0")
+    return edm2.EDM2UNet(
+        img_resolution=image_shape[0], img_channels=image_shape[2], label_dim=int(num_classes),
+        model_channels=int(_get(model_config, 'model_channels')),
+        channel_mult=tuple(int(m) for m in _get(model_config, 'channel_mult')),
+        num_blocks=int(_get(model_config, 'num_blocks')),
+        attn_resolutions=tuple(int(r) for r in _get(model_config, 'attn_resolutions')),
+        dropout=common['dropout'], label_dropout=common['label_dropout'],
+        remat_blocks=remat in ('blocks', 'full'), dtype=common['dtype'])
   if len(image_shape) != 3 or image_shape[0] != image_shape[1]:
     raise ValueError(f'model.name={name!r} needs a square image shape (H, W, C); '
                      f'got {image_shape}')
@@ -153,6 +168,15 @@ def _build_dit(model_config, image_shape, num_classes: int, remat: str, dtype) -
                  learn_sigma=bool(model_config.get('learn_sigma', False)),
                  augment_dim=int(_get(model_config, 'augment_dim')),
                  remat_blocks=remat in ('blocks', 'full'), dtype=dtype)
+
+
+def weight_constraint(model_config):
+  """A function the train step applies to the parameters before each step's gradient, or
+  None. EDM2's forced weight normalisation (docs/edm2.md): the official training forward
+  normalises every stored weight in place first."""
+  if model_config.get('name', None) == 'edm2':
+    return edm2.force_normalize
+  return None
 
 
 def remat_whole_network(model_config) -> bool:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdiff import optim
+from jaxdiff import models, optim
 from jaxdiff.objectives import base
 from jaxdiff.train import microbatch
 from jaxdiff.train.state import TrainState
@@ -75,8 +75,13 @@ def make_train_step(objective: base.Objective, tx: optax.GradientTransformation,
   policy = config.optim.nonfinite
   rng_impl = config.rng_impl
   num_microbatches = int(config.train.microbatches)
+  # EDM2's forced weight normalisation: the weights are projected before the gradient, as
+  # the official training forward does in place (models.weight_constraint).
+  constraint = models.weight_constraint(config.model)
 
   def train_step(state: TrainState, batch: dict):
+    if constraint is not None:
+      state = state.replace(params=constraint(state.params))
     # The step's randomness is a function of (seed, step) only: exact resume.
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng, impl=rng_impl), state.step)
 
