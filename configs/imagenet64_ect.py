@@ -14,10 +14,10 @@ for evaluation; two-step sampling at (80, 1.526); fp32.
 Deviations (not available in jaxdiff; say so when reporting numbers):
   * the network: ECT tunes EDM2's img64-s UNet (magnitude-preserving layers,
     forced weight normalisation, post-hoc EMA with sigma_rel 0.075). This recipe
-    tunes what configs/imagenet64_edm.py trains, so that the chain loads: a
-    SongUNet DDPM++ with ADM's widths (192 channels, mult (1, 2, 3, 4), 3
-    blocks, attention at 32, 16 and 8; EDM2-S attends at 16 and 8 only), with
-    the dropout everywhere instead of only at resolutions <= 16;
+    tunes what configs/imagenet64_edm.py trains, so that the chain loads: EDM's
+    ADM (DhariwalUNet: 192 channels, mult (1, 2, 3, 4), 3 blocks, attention at
+    32, 16 and 8; EDM2-S attends at 16 and 8 only), with the dropout everywhere
+    instead of only at resolutions <= 16;
   * EMA: ECT keeps three power-function EMAs (sigma_rel 0.01/0.05/0.10) besides
     the traditional EMA 0.9999 of its online evaluation; jaxdiff keeps one EMA,
     here the 0.9999 one (`--config.ema.kind=power --config.ema.std=0.05` keeps a

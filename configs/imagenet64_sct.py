@@ -14,7 +14,7 @@ class and the target would collapse to ECT's). Reported: 1-step FID 2.42,
 2-step 1.55 (paper abstract), on EDM2.
 
 Deviations: the paper tunes EDM2 (not built into the trainer yet); this recipe
-tunes imagenet64_edm's SongUNet, with imagenet64_ect's other deviations (dropout
+tunes imagenet64_edm's ADM, with imagenet64_ect's other deviations (dropout
 at every resolution, one EMA). Reference size 1024, the x0_hat target at r = 0, one-step
 training and no guidance are our choices (SCT's code is unreleased).
 `:smoke`: a generated 8x8 dataset with 10 classes and a tiny UNet.

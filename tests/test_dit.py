@@ -302,9 +302,9 @@ def test_every_parameter_has_logical_axis_names():
     assert len(leaf.names) == leaf.value.ndim, (path, leaf.names)
     used |= set(leaf.names)
   assert used == set(dit.DIT_LOGICAL_AXIS_NAMES)
-  assert dit.DIT_NEW_LOGICAL_AXIS_NAMES == ('classes', 'qkv', 'heads', 'head_dim', 'mlp')
-  assert set(dit.DIT_LOGICAL_AXIS_NAMES) == (set(layers.LOGICAL_AXIS_NAMES) - {'norm'}
-                                             | set(dit.DIT_NEW_LOGICAL_AXIS_NAMES))
+  # Every DiT axis name is one jaxdiff's sharding rules know (layers.LOGICAL_AXIS_NAMES).
+  assert dit.DIT_NEW_LOGICAL_AXIS_NAMES == ()
+  assert set(dit.DIT_LOGICAL_AXIS_NAMES) == set(layers.LOGICAL_AXIS_NAMES) - {'norm'}
   block = boxed['blocks_0']
   assert block['attn']['qkv']['kernel'].names == ('embed_in', 'qkv', 'heads', 'head_dim')
   assert block['attn']['proj']['kernel'].names == ('heads', 'head_dim', 'embed_out')

@@ -413,7 +413,7 @@ def test_mlp_output_layer_starts_near_zero():
 # Configuration errors.
 
 @pytest.mark.parametrize('overrides,shape,match', [
-    (dict(name='unet'), (8, 8, 3), r"model.name='unet' is not one of \('ddpmpp', 'ncsnpp', 'mlp', 'dit', 'edm2'\)"),
+    (dict(name='unet'), (8, 8, 3), r"model.name='unet' is not one of \('ddpmpp', 'ncsnpp', 'mlp', 'dit', 'edm2', 'adm'\)"),
     (dict(channel_mult=(1, 2, 2)), (10, 10, 3), r'resolution 10 is not divisible by .* = 4'),
     (dict(dtype='float16'), (8, 8, 3), r"model.dtype='float16' is not one of \('float32', 'bfloat16'\)"),
     (dict(dropout=1.0), (8, 8, 3), r'model.dropout=1.0 must be in \[0, 1\)'),
@@ -426,7 +426,7 @@ def test_bad_config_raises_clear_error(overrides, shape, match):
 
 
 def test_model_names_are_exported():
-  assert models.MODEL_NAMES == ('ddpmpp', 'ncsnpp', 'mlp', 'dit', 'edm2')
+  assert models.MODEL_NAMES == ('ddpmpp', 'ncsnpp', 'mlp', 'dit', 'edm2', 'adm')
   for name in models.MODEL_NAMES:
     shape = (2,) if name == 'mlp' else (8, 8, 3)
     assert isinstance(models.build_model(_config(name), image_shape=shape), nn.Module)

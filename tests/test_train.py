@@ -132,8 +132,8 @@ def test_resume_accepts_new_keys_at_their_defaults_and_memory_levers(tmp_path):
 @pytest.mark.parametrize("key,value,match", [
     ("data__name", "mnist", r"config\.data\.name='mnist' is not allowed"),
     ("optim__name", "sgd", r"config\.optim\.name='sgd'"),
-    ("objective__name", "ddpm", r"config\.objective\.name='ddpm'"),
-    ("ema__kind", "power", r"config\.ema\.kind='power'"),
+    ("objective__name", "score_sde", r"config\.objective\.name='score_sde'"),
+    ("ema__kind", "post_hoc", r"config\.ema\.kind='post_hoc'"),
     ("train__num_steps", 0, r"config\.train\.num_steps=0 must be a number > 0"),
 ])
 def test_invalid_config_values_are_named(key, value, match):

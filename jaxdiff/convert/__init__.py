@@ -12,11 +12,13 @@ locuslab/ect training runs) carry the Python source of their networks; it is nev
 `pickle_reader` resolves only tensors, containers and EDM's persistence records, and
 refuses every other global by name. `edm` maps the preconditioner (EDMPrecond,
 VPPrecond, VEPrecond) and dispatches the network to the converter registered for its
-class name (`song_unet`: SongUNet, DDPM++ / NCSN++), which checks every tensor.
+class name (`song_unet`: SongUNet, DDPM++ / NCSN++; `dhariwal_unet`: DhariwalUNet, ADM),
+which checks every tensor.
 `denoiser` gives the official D(x; sigma) in JAX; `writer` writes a jaxdiff workdir that
 `--mode=sample` and `config.init_from` accept. docs/convert.md.
 """
 from jaxdiff.convert import song_unet  # noqa: F401  (registers SongUNet's converter)
+from jaxdiff.convert import dhariwal_unet  # noqa: F401  (registers DhariwalUNet's: ADM)
 from jaxdiff.convert.denoiser import OfficialDenoiser, official_denoiser
 from jaxdiff.convert.edm import Network, Precond, load_network, register_architecture
 from jaxdiff.convert.pickle_reader import EXPECTED, ModuleRecord, read_pickle

@@ -3,8 +3,9 @@
 `load_network(path)` reads a pickle (`pickle_reader`), recognises its preconditioner
 (`EDMPrecond`, `VPPrecond`, `VEPrecond`; read from the object's attributes) and maps the
 wrapped network through the converter registered for its class name
-(`register_architecture`; `song_unet` registers SongUNet). Classes EDM and EDM2 pickles
-hold that no converter handles yet (ADM, EDM2, iDDPM) fail with "not supported yet"
+(`register_architecture`; `song_unet` registers SongUNet, `dhariwal_unet` DhariwalUNet).
+Classes EDM and EDM2 pickles hold that no converter handles yet (EDM2, iDDPM) fail with
+"not supported yet"
 (docs/convert.md#not-supported).
 """
 from __future__ import annotations
@@ -25,7 +26,6 @@ from jaxdiff.errors import WeightsFileError
 PRECONDS = {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve"}
 # Classes EDM (and EDM2) pickles hold that no converter handles yet: name -> (what, module).
 NOT_YET = {
-    "DhariwalUNet": ("ADM (DhariwalUNet)", "jaxdiff.models.adm"),
     "iDDPMPrecond": ("iDDPM preconditioning (iDDPMPrecond)", None),
     "Precond": ("an EDM2 network (NVlabs/edm2 Precond)", "jaxdiff.models.edm2"),
     "UNet": ("an EDM2 network (NVlabs/edm2 UNet)", "jaxdiff.models.edm2"),
@@ -98,7 +98,7 @@ def _not_supported(class_name: str, where: str) -> WeightsFileError:
               "jaxdiff.convert.register_architecture)" if exists else
               f" (jaxdiff has no such network yet: {module})")
   return WeightsFileError(f"{where}: {what} is not supported yet{status}; only SongUNet "
-                          "(DDPM++ / NCSN++) networks convert today (docs/convert.md#not-supported).")
+                          "(DDPM++ / NCSN++) and DhariwalUNet (ADM) networks convert today (docs/convert.md#not-supported).")
 
 
 def _attr(record: ModuleRecord, key: str, where: str):

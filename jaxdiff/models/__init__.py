@@ -1,4 +1,5 @@
-"""Denoiser networks: EDM's SongUNet (DDPM++ / NCSN++), EDM2's UNet, DiT, and a toy-data MLP.
+"""Denoiser networks: EDM's SongUNet (DDPM++ / NCSN++) and DhariwalUNet (ADM), EDM2's UNet,
+DiT, and a toy-data MLP.
 
 ``build_model(config.model, image_shape=..., num_classes=...)`` returns a Flax Linen module
 called as ``apply({'params': p}, x, noise_labels, class_labels=None, augment_labels=None,
@@ -14,12 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.models import dit, edm2
+from jaxdiff.models import adm, dit, edm2
 from jaxdiff.models.layers import LOGICAL_AXIS_NAMES
 from jaxdiff.models.mlp import MLPDenoiser
 from jaxdiff.models.unet import SongUNet, UNetBlock
 
-MODEL_NAMES = ('ddpmpp', 'ncsnpp', 'mlp', 'dit', 'edm2')
+MODEL_NAMES = ('ddpmpp', 'ncsnpp', 'mlp', 'dit', 'edm2', 'adm')
 # Rematerialisation policies (docs/implementation.md#memory): 'blocks' checkpoints every
 # UNet block (the backward pass recomputes a block from its input); 'full' in addition
 # checkpoints the whole network, so that between a network call and its backward pass only
@@ -63,7 +64,9 @@ def build_model(model_config, *, image_shape, num_classes: int = 0) -> nn.Module
       'bfloat16'), remat (``REMAT_POLICIES``;
       'full' is applied by the caller, see ``remat_whole_network``); for 'mlp': hidden_dim,
       num_layers. Missing keys take EDM's CIFAR-10 values. 'ddpmpp' / 'ncsnpp' fix the
-      embedding, encoder/decoder and resampling filter as in EDM.
+      embedding, encoder/decoder and resampling filter as in EDM; 'adm' is EDM's
+      DhariwalUNet (give EDM's ImageNet values explicitly: 192, (1, 2, 3, 4), 3 blocks,
+      attention at (32, 16, 8)).
     image_shape: (H, W, C) for the UNets, (D,) for 'mlp'.
     num_classes: label dimension; 0 for an unconditional model.
 
@@ -126,6 +129,17 @@ def build_model(model_config, *, image_shape, num_classes: int = 0) -> nn.Module
         f'image resolution {image_shape[0]} is not divisible by 2**(len(channel_mult)-1) = '
         f'{factor} (model.channel_mult={channel_mult}); use a resolution divisible by '
         f'{factor} or fewer levels')
+  if name == 'adm':
+    # EDM's DhariwalUNet (docs/edm.md#adm); channels_per_head is 64 but in tiny test nets.
+    return adm.DhariwalUNet(
+        img_resolution=image_shape[0], in_channels=image_shape[2],
+        out_channels=image_shape[2], model_channels=int(_get(model_config, 'model_channels')),
+        channel_mult=channel_mult,
+        channel_mult_emb=int(_get(model_config, 'channel_mult_emb')),
+        num_blocks=int(_get(model_config, 'num_blocks')),
+        attn_resolutions=tuple(int(r) for r in _get(model_config, 'attn_resolutions')),
+        channels_per_head=int(model_config.get('channels_per_head', adm.CHANNELS_PER_HEAD)),
+        remat_blocks=remat in ('blocks', 'full'), **common)
   variant = dict(_SONG_UNET_VARIANTS[name])
   if name == 'ncsnpp':
     variant['fourier_scale'] = float(_get(model_config, 'fourier_scale'))

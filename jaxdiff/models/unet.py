@@ -61,6 +61,7 @@ class SelfAttention(nn.Module):
   ``x + proj(attention)`` (the caller applies the skip scale).
   """
   num_heads: int = 1
+  eps: float = NORM_EPS   # the block's GroupNorm eps (EDM's DhariwalUNet: 1e-5)
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -68,7 +69,7 @@ class SelfAttention(nn.Module):
     b, h, w, c = x.shape
     heads = self.num_heads
     qkv = layers.Conv2d(3 * c, kernel=1, init_weight=INIT_ATTN_WEIGHT, dtype=self.dtype,
-                        name='qkv')(layers.GroupNorm(eps=NORM_EPS, dtype=self.dtype,
+                        name='qkv')(layers.GroupNorm(eps=self.eps, dtype=self.dtype,
                                                      name='norm2')(x))
     qkv = qkv.reshape(b, h * w, heads, c // heads, 3)
     q, k, v = qkv[..., 0], qkv[..., 1], qkv[..., 2]
@@ -130,7 +131,8 @@ class UNetBlock(nn.Module):
     x = (x + orig) * self.skip_scale
 
     if self.attention:
-      x = SelfAttention(self.num_heads, dtype=self.dtype, name='attn')(x) * self.skip_scale
+      x = SelfAttention(self.num_heads, eps=self.eps, dtype=self.dtype,
+                        name='attn')(x) * self.skip_scale
     return x
 
 
