@@ -165,6 +165,7 @@ def test_run_tiny_end_to_end_writes_table(tmp_path):
     assert not any("pytorch" in i for i in items)
 
 
+@pytest.mark.slow  # `python -m benchmarks.run --quick` (README, "Performance") runs this section
 def test_overheads_flops_only_counts_each_variant_against_edm(tmp_path):
   """--flops-only: one row per variant from XLA's FLOP count; the curriculum stage
   changes only the noise-level sampler, so its step must cost (almost) exactly EDM's."""

@@ -138,7 +138,7 @@ def test_blocks_remat_is_refused_for_the_mlp():
 
 
 def unet_loss(remat: str):
-  cfg = dict(name="ddpmpp", model_channels=16, channel_mult=(1, 2), num_blocks=2,
+  cfg = dict(name="ddpmpp", model_channels=16, channel_mult=(1, 2), num_blocks=1,
              attn_resolutions=(4,), dropout=0.2, remat=remat)
   model = models.build_model(cfg, image_shape=(8, 8, 3))
   apply_fn = base.make_apply_fn(model, models.remat_whole_network(cfg))
