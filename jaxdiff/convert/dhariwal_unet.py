@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxdiff import weights
 from jaxdiff.convert import song_unet
-from jaxdiff.convert.edm import Converted, Precond, register_architecture
+from jaxdiff.convert.edm import Converted, Precond, recorded_kwargs, register_architecture
 from jaxdiff.convert.pickle_reader import ModuleRecord
 from jaxdiff.errors import WeightsFileError
 from jaxdiff.models import adm
@@ -34,25 +34,7 @@ DHARIWAL_UNET_DEFAULTS = dict(
 
 def dhariwal_unet_kwargs(record: ModuleRecord, precond: Precond, where: str) -> dict:
   """DhariwalUNet's constructor arguments: the recorded ones over EDM's defaults."""
-  recorded = record.init_kwargs
-  if recorded is None:
-    raise WeightsFileError(f"{where}: the DhariwalUNet does not record its constructor "
-                           "arguments (persistence's _init_kwargs); its configuration cannot "
-                           "be read.")
-  known = set(DHARIWAL_UNET_DEFAULTS) | {"img_resolution", "in_channels", "out_channels"}
-  unknown = sorted(set(recorded) - known)
-  if unknown:
-    raise WeightsFileError(f"{where}: DhariwalUNet arguments {unknown} are not EDM's (a "
-                           "modified network?); jaxdiff's DhariwalUNet cannot represent them.")
-  kw = {**DHARIWAL_UNET_DEFAULTS, **recorded}
-  expect = dict(img_resolution=precond.img_resolution, in_channels=precond.img_channels,
-                out_channels=precond.img_channels, label_dim=precond.label_dim)
-  wrong = [f"{k}={kw.get(k)!r} (preconditioner: {v!r})" for k, v in expect.items()
-           if kw.get(k, v) != v]
-  if wrong:
-    raise WeightsFileError(f"{where}: the DhariwalUNet disagrees with its preconditioner: "
-                           + ", ".join(wrong))
-  return kw
+  return recorded_kwargs(record, precond, where, "DhariwalUNet", DHARIWAL_UNET_DEFAULTS)
 
 
 def _blocks(record: ModuleRecord) -> list[tuple[str, ModuleRecord]]:

@@ -131,6 +131,31 @@ def read_precond(ema: ModuleRecord, where: str) -> Precond:
   return p
 
 
+
+def recorded_kwargs(record: ModuleRecord, precond: Precond, where: str, name: str,
+                    defaults: dict) -> dict:
+  """A network's constructor arguments: the recorded ones over EDM's `defaults`, checked
+  for arguments EDM's class does not have and against the preconditioner."""
+  recorded = record.init_kwargs
+  if recorded is None:
+    raise WeightsFileError(f"{where}: the {name} does not record its constructor arguments "
+                           "(persistence's _init_kwargs); its configuration cannot be read.")
+  unknown = sorted(set(recorded) - set(defaults) - {"img_resolution", "in_channels",
+                                                    "out_channels"})
+  if unknown:
+    raise WeightsFileError(f"{where}: {name} arguments {unknown} are not EDM's (a modified "
+                           f"network?); jaxdiff's {name} cannot represent them.")
+  kw = {**defaults, **recorded}
+  expect = dict(img_resolution=precond.img_resolution, in_channels=precond.img_channels,
+                out_channels=precond.img_channels, label_dim=precond.label_dim)
+  wrong = [f"{k}={kw.get(k)!r} (preconditioner: {v!r})" for k, v in expect.items()
+           if kw.get(k, v) != v]
+  if wrong:
+    raise WeightsFileError(f"{where}: the {name} disagrees with its preconditioner: "
+                           + ", ".join(wrong))
+  return kw
+
+
 def load_network(path: str) -> Network:
   """The EMA network of an EDM pickle as a jaxdiff network (checked, never executed)."""
   snapshot = read_pickle(path)

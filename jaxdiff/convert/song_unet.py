@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from jaxdiff import models, weights
-from jaxdiff.convert.edm import Converted, Precond, register_architecture
+from jaxdiff.convert.edm import Converted, Precond, recorded_kwargs, register_architecture
 from jaxdiff.convert.pickle_reader import ModuleRecord
 from jaxdiff.errors import WeightsFileError
 from jaxdiff.train import step as step_lib
@@ -37,24 +37,7 @@ EDM_FOURIER_SCALE = 16.0   # SongUNet builds FourierEmbedding(num_channels) with
 
 def song_unet_kwargs(record: ModuleRecord, precond: Precond, where: str) -> dict:
   """SongUNet's constructor arguments: the recorded ones over EDM's defaults."""
-  recorded = record.init_kwargs
-  if recorded is None:
-    raise WeightsFileError(f"{where}: the SongUNet does not record its constructor arguments "
-                           "(persistence's _init_kwargs); its configuration cannot be read.")
-  known = set(SONG_UNET_DEFAULTS) | {"img_resolution", "in_channels", "out_channels"}
-  unknown = sorted(set(recorded) - known)
-  if unknown:
-    raise WeightsFileError(f"{where}: SongUNet arguments {unknown} are not EDM's (a modified "
-                           "network?); jaxdiff's SongUNet cannot represent them.")
-  kw = {**SONG_UNET_DEFAULTS, **recorded}
-  expect = dict(img_resolution=precond.img_resolution, in_channels=precond.img_channels,
-                out_channels=precond.img_channels, label_dim=precond.label_dim)
-  wrong = [f"{k}={kw.get(k)!r} (preconditioner: {v!r})" for k, v in expect.items()
-           if kw.get(k, v) != v]
-  if wrong:
-    raise WeightsFileError(f"{where}: the SongUNet disagrees with its preconditioner: "
-                           + ", ".join(wrong))
-  return kw
+  return recorded_kwargs(record, precond, where, "SongUNet", SONG_UNET_DEFAULTS)
 
 
 def song_unet_module(kw: dict) -> models.SongUNet:
