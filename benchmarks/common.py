@@ -83,6 +83,10 @@ class SyntheticImages:
     self.num_classes = num_classes
     self._seed = seed
 
+  def all_labels(self):
+    """Every example's label (same-class reference draws read them)."""
+    return np.arange(self.num_examples) % max(self.num_classes, 1)
+
   def get(self, indices):
     indices = np.asarray(indices)
     rng = np.random.default_rng([self._seed, int(indices[0]) if len(indices) else 0])
