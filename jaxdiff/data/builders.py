@@ -6,8 +6,8 @@ a `tfds.core.GeneratorBasedBuilder` whose features are
   image  tfds.features.Tensor(shape=(H, W, C), dtype=uint8, encoding=BYTES)
   label  tfds.features.Scalar(int64)            (0 for unlabelled datasets)
 
-written with `file_format='array_record'`. Why this shape of things
-(`shared/design.md`): `tfds.features.Image` needs TensorFlow to *encode*, and
+written with `file_format='array_record'`. Why this shape of things:
+`tfds.features.Image` needs TensorFlow to *encode*, and
 `tfds.load` cannot read ArrayRecord, but a `Tensor` feature is serialised by
 tfds itself and an ArrayRecord split is read by `tfds.data_source` with random
 access and no TensorFlow. `encoding=BYTES` stores the pixels as one byte

@@ -1,10 +1,10 @@
 """Diffusion math shared by every objective and sampler (docs/edm.md#preconditioning).
 
-Public API (api.md): `edm_precond`, `cm_precond`, `edm_loss_weight`,
-`karras_sigmas`. EDM's VP and VE baselines: `vp_precond`, `ve_precond`, `vp_sigma`,
-`vp_sigma_inv`, `vp_ve_loss_weight`. Discrete time as DiT trains it (`ddpm`, `ddpm_loss`):
-`ddpm_betas`, `DiscreteSchedule`, `q_sample`, `ddpm_training_losses`. Also `denoise` (the preconditioned denoiser around a raw
-network) and the lognormal noise distribution helpers.
+Public API: `edm_precond`, `cm_precond`, `edm_loss_weight`, `karras_sigmas`. EDM's VP and
+VE baselines: `vp_precond`, `ve_precond`, `vp_sigma`, `vp_sigma_inv`, `vp_ve_loss_weight`.
+Discrete time as DiT trains it (`ddpm`, `ddpm_loss`; docs/ddpm.md): `ddpm_betas`,
+`DiscreteSchedule`, `q_sample`, `ddpm_training_losses`. Also `denoise` (the preconditioned
+denoiser around a raw network) and the lognormal noise distribution helpers.
 """
 from jaxdiff.diffusion.ddpm import DiscreteSchedule
 from jaxdiff.diffusion.ddpm import ddpm_betas
