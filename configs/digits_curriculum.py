@@ -12,12 +12,14 @@ noise levels into 20 clusters and add them from the highest noise (easiest)
 down to the lowest; stage n trains on the n easiest clusters, and after
 stage 20 training goes on over the full distribution.
 
-Pacing values are ours, sized for this recipe's 4000 steps [UNVERIFIED; the
-paper's tau and window are not public, docs/curriculum.md#defaults]: windows of 16 steps (batch
-128) and tau = 1, so a flat loss advances a stage after (tau + 2) * 16 = 48
-steps; a cap of 80 steps per stage ends the curriculum by step 19 * 80 = 1520
-at the latest, leaving at least 62% of the budget for the full distribution
-(docs/curriculum.md#pitfalls: a large tau starves the hardest clusters).
+Pacing values are ours [UNVERIFIED; the paper's tau and window are not public,
+docs/curriculum.md#defaults]: windows of 16 steps and tau = 1, so a flat loss
+advances a stage after (tau + 2) * 16 = 48 steps; a cap of 80 steps per stage ends
+the curriculum by step 19 * 80 = 1520 at the latest, leaving at least 24% of
+digits_edm's 2000 steps (batch 64) for the full distribution, more when stages
+advance before the cap (docs/curriculum.md#pitfalls: a large tau starves the
+hardest clusters). Until 2026-12-05 this text claimed a 4000-step budget, which
+the recipe never had.
 """
 from configs import common, digits_edm
 

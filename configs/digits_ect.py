@@ -65,8 +65,9 @@ def get_config(arg: str = ""):
 
 
 def apply_smoke(c):
-  """digits_edm:smoke's tiny UNet, a 4-step EDM pre-training and 6 ECT steps over 3 stages."""
+  """A one-level 8-channel UNet, a 4-step EDM pre-training and 6 ECT steps over 3 stages."""
   c.data.batch_size = 16
+  common.tiny_unet(c)
   common.few_steps(c, 6, log_every=2, ckpt_every=3)
   c.train.loss_buckets = 0
   c.consistency.stage_steps = 2

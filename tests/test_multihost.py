@@ -161,6 +161,7 @@ def test_compile_only_prints_preflight_then_every_stage(tmp_path):
   assert fit and int(fit.group(1)) > 1000, out
 
 
+@pytest.mark.slow  # README: `--compile_only --fit_memory_gb=80` runs the same fit
 def test_fit_batch_predicts_the_peak_of_the_batch_it_names():
   """Fit at per-device batches 8 and 16, then compile the batch the fit names for a memory
   size: its peak stays within it (the fit errs on the safe side for the UNet)."""

@@ -84,6 +84,7 @@ def test_digits_chain_end_to_end_drops_the_augmentation_layer(tmp_path, capsys):
   from jaxdiff.train.experiment import Experiment
   mesh = mesh_of(jax.devices()[:1])
   edm = config_lib.load_config("digits_edm:smoke")
+  edm.model = config_lib.load_config("digits_ect:smoke").model.copy_and_resolve_references()
   edm.model.augment_dim = 9
   edm.train.num_steps, edm.train.ckpt_every = 2, 2
   loop.train(edm, str(tmp_path / "edm"), mesh=mesh)
