@@ -1,7 +1,7 @@
-"""SCT on class-conditional ImageNet-64, tuning configs/imagenet64_edm.py.
+"""SCT on class-conditional ImageNet-64, tuning EDM2-S (configs/imagenet64_edm2.py).
 
   python -m jaxdiff.main --config=configs/imagenet64_sct.py --workdir=runs/imagenet64_sct \
-      --config.init_from=runs/imagenet64_edm
+      --config.init_from=runs/imagenet64_edm2
   python -m jaxdiff.main --config=configs/imagenet64_sct.py:smoke --workdir=/tmp/in64sc_smoke
 
 configs/imagenet64_ect.py (ECT's ImageNet-64 settings: Adam 1e-3 (0.9, 0.99),
@@ -13,10 +13,9 @@ with 1000 classes, i.i.d. draws would leave almost every sample alone in its
 class and the target would collapse to ECT's). Reported: 1-step FID 2.42,
 2-step 1.55 (paper abstract), on EDM2.
 
-Deviations: the paper tunes EDM2 (not built into the trainer yet); this recipe
-tunes imagenet64_edm's ADM, with imagenet64_ect's other deviations (dropout
-at every resolution, one EMA). Reference size 1024, the x0_hat target at r = 0, one-step
-training and no guidance are our choices (SCT's code is unreleased).
+Deviations: imagenet64_ect's (one EMA; no learned loss uncertainty in the consistency
+loss). Reference size 1024, the x0_hat target at r = 0, one-step training and no guidance
+are our choices (SCT's code is unreleased).
 `:smoke`: a generated 8x8 dataset with 10 classes and a tiny UNet.
 """
 from configs import cifar10_sct_cond, common, imagenet64_ect

@@ -32,25 +32,8 @@ NONFINITE_POLICIES = ("skip", "zero")
 RNG_IMPLS = ("rbg", "threefry2x32", "unsafe_rbg")
 
 
-def _generic_sections(c: ml_collections.ConfigDict) -> None:
-  c.seed = 0
-  # PRNG of training (init, noise, dropout). "rbg" compiles several times faster
-  # than threefry on CPU/GPU (XLA's RngBitGenerator instead of an unrolled hash)
-  # and, like threefry, gives the same numbers on any mesh (tested).
-  c.rng_impl = "rbg"
-
-  c.data = ml_collections.ConfigDict()
-  c.data.name = "digits"
-  c.data.toy2d_distribution = "gaussian_mixture"
-  c.data.tfds_name = ""          # e.g. "cifar10" when name == "tfds"
-  c.data.data_dir = ""
-  c.data.image_size = 8
-  c.data.channels = 1
-  c.data.num_classes = 0         # 0: unconditional
-  c.data.batch_size = 64         # global batch, over all processes and devices
-  c.data.random_flip = False
-  c.data.prefetch = 2            # batches prepared ahead in a background thread; 0: off
-
+def _model_section(c: ml_collections.ConfigDict) -> None:
+  """config.model: the network (`models.build_model`); keys a network does not use are ignored."""
   c.model = ml_collections.ConfigDict()
   c.model.name = "ddpmpp"
   c.model.model_channels = 32
@@ -70,6 +53,13 @@ def _generic_sections(c: ml_collections.ConfigDict) -> None:
   # ncsnpp: the frequencies of a converted official network (jaxdiff.convert); () = the
   # seeded N(0, fourier_scale^2) constant.
   c.model.fourier_freqs = ()
+  # edm2: a converted official network's Fourier phases, and its log-variance head's
+  # frequencies and phases; () = the seeded constants.
+  c.model.fourier_phases = ()
+  c.model.logvar_freqs = ()
+  c.model.logvar_phases = ()
+  # edm2: > 0 applies the dropout only in blocks at resolutions <= it (ECT's ImageNet: 16).
+  c.model.dropout_resolution = 0
   # dit only (docs/dit.md): a DiT-{S,B,L,XL}/{2,4,8} preset, 0 = the preset's value for the
   # overrides, and learn_sigma for DDPM's learned variance (doubles the output channels).
   c.model.dit_preset = "DiT-S/2"
@@ -80,6 +70,28 @@ def _generic_sections(c: ml_collections.ConfigDict) -> None:
   c.model.learn_sigma = False
   c.model.hidden_dim = 128       # mlp only
   c.model.num_layers = 3         # mlp only
+
+
+def _generic_sections(c: ml_collections.ConfigDict) -> None:
+  c.seed = 0
+  # PRNG of training (init, noise, dropout). "rbg" compiles several times faster
+  # than threefry on CPU/GPU (XLA's RngBitGenerator instead of an unrolled hash)
+  # and, like threefry, gives the same numbers on any mesh (tested).
+  c.rng_impl = "rbg"
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "digits"
+  c.data.toy2d_distribution = "gaussian_mixture"
+  c.data.tfds_name = ""          # e.g. "cifar10" when name == "tfds"
+  c.data.data_dir = ""
+  c.data.image_size = 8
+  c.data.channels = 1
+  c.data.num_classes = 0         # 0: unconditional
+  c.data.batch_size = 64         # global batch, over all processes and devices
+  c.data.random_flip = False
+  c.data.prefetch = 2            # batches prepared ahead in a background thread; 0: off
+
+  _model_section(c)
 
   # The method, and the training noise distribution ln(sigma) ~ N(p_mean, p_std^2)
   # (EDM's lognormal) that the methods drawing continuous noise levels use.
@@ -176,7 +188,10 @@ def base_config() -> ml_collections.ConfigDict:
   _training_sections(c)
   _output_sections(c)
   for section, keys in objectives.config_sections().items():
-    c[section] = ml_collections.ConfigDict(keys)
+    if section in c:   # a method's keys in a generic section (objective.*)
+      c[section].update(keys)
+    else:
+      c[section] = ml_collections.ConfigDict(keys)
   return c
 
 

@@ -45,7 +45,7 @@ ARCHITECTURE_KEYS = ("data.image_size", "data.channels", "data.num_classes", "mo
                      "model.num_blocks", "model.attn_resolutions", "model.augment_dim",
                      "model.hidden_dim", "model.num_layers", "model.dit_", "model.learn_sigma",
                      # Not shapes, but a tuned network is only itself with its own embedding.
-                     "model.fourier_")
+                     "model.fourier_", "model.logvar_")
 
 # Layers a source run may have that this model lacks, dropped on init_from: parameter-name
 # component -> (config key that removes it, what it is). Only a drop to 0 is allowed.
@@ -124,6 +124,31 @@ def _check_source_architecture(init_from: str, config) -> None:
   with open(source_config) as f:
     saved = json.load(f)
   _refuse_architecture(init_from, _architecture_diffs(saved, json.loads(config_lib.to_json(config))))
+
+
+# A network's drawn constants (not parameters, not shapes): the Fourier frequencies and
+# phases of a converted official network. A run tuned from it (init_from) takes them over
+# when its own config leaves them empty, as the official code copies the whole network.
+INHERITED_CONSTANTS = ("fourier_freqs", "fourier_phases", "logvar_freqs", "logvar_phases")
+
+
+def inherit_network_constants(config) -> None:
+  """Sets `config.model`'s empty `INHERITED_CONSTANTS` to those of `config.init_from`'s run
+  (in place, logged), so that a tuned network computes its source's embedding. The same
+  source gives the same values on every resume."""
+  init_from = config.get("init_from", "")
+  source_config = os.path.join(init_from, "config.json") if init_from else ""
+  if not source_config or not os.path.exists(source_config):
+    return
+  with open(source_config) as f:
+    saved = json.load(f).get("model", {})
+  taken = []
+  for key in INHERITED_CONSTANTS:
+    if key in config.model and not tuple(config.model[key]) and saved.get(key):
+      config.model[key] = tuple(float(v) for v in saved[key])
+      taken.append(f"model.{key}")
+  if taken:
+    console.log(f"init_from {init_from}: using its network's constants {', '.join(taken)}")
 
 
 def _abstract_param_shapes(config) -> dict:

@@ -403,7 +403,8 @@ def test_primitives_preserve_magnitude():
 
 
 def test_build_model_and_the_train_step_apply_forced_weight_normalisation(tmp_path):
-  """model.name='edm2' builds EDM2UNet from the config; each train step starts from
+  """model.name='edm2' builds EDM2UNet (with its log-variance head: EDM2Denoiser) from the
+  config; each train step starts from
   force_normalize(params), as the official training forward does in place."""
   from jaxdiff import config as config_lib
   from jaxdiff import models as models_lib
@@ -413,7 +414,7 @@ def test_build_model_and_the_train_step_apply_forced_weight_normalisation(tmp_pa
   c.model.num_blocks, c.model.attn_resolutions, c.model.dropout = 1, (4,), 0.0
   c.train.num_steps, c.train.ckpt_every = 2, 2
   model = models_lib.build_model(c.model, image_shape=(8, 8, 1))
-  assert isinstance(model, edm2.EDM2UNet) and model.model_channels == 16
+  assert isinstance(model, edm2.EDM2Denoiser) and model.unet.model_channels == 16
   assert models_lib.weight_constraint(c.model) is edm2.force_normalize
   summary = loop.train(c, str(tmp_path))
   assert np.isfinite(summary["final_loss"])

@@ -40,8 +40,8 @@ def test_every_tuning_recipe_names_its_source():
   assert dict((t, s) for s, t in CHAINS) == {
       "digits_ect": "digits_edm", "digits_sct": "digits_edm",
       "cifar10_ect": "cifar10_edm", "cifar10_ect_1h": "cifar10_edm",
-      "cifar10_sct": "cifar10_edm", "imagenet64_ect": "imagenet64_edm",
-      "cifar10_sct_cond": "cifar10_edm_cond", "imagenet64_sct": "imagenet64_edm"}
+      "cifar10_sct": "cifar10_edm", "imagenet64_ect": "imagenet64_edm2",
+      "cifar10_sct_cond": "cifar10_edm_cond", "imagenet64_sct": "imagenet64_edm2"}
   for source, _ in CHAINS:
     assert source in RECIPES
 

@@ -3,9 +3,9 @@
 `load_network(path)` reads a pickle (`pickle_reader`), recognises its preconditioner
 (`EDMPrecond`, `VPPrecond`, `VEPrecond`; read from the object's attributes) and maps the
 wrapped network through the converter registered for its class name
-(`register_architecture`; `song_unet` registers SongUNet, `dhariwal_unet` DhariwalUNet).
-Classes EDM and EDM2 pickles hold that no converter handles yet (EDM2, iDDPM) fail with
-"not supported yet"
+(`register_architecture`; `song_unet` registers SongUNet, `dhariwal_unet` DhariwalUNet,
+`edm2` EDM2's Precond, which is its own network: UNet and log-variance head). Classes EDM
+pickles hold that no converter handles yet (iDDPM) fail with "not supported yet"
 (docs/convert.md#not-supported).
 """
 from __future__ import annotations
@@ -23,12 +23,15 @@ from jaxdiff.convert.pickle_reader import EXPECTED, ModuleRecord, read_pickle
 from jaxdiff.diffusion import precond as precond_lib
 from jaxdiff.errors import WeightsFileError
 
-PRECONDS = {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve"}
-# Classes EDM (and EDM2) pickles hold that no converter handles yet: name -> (what, module).
+# EDM2's Precond preconditions as EDMPrecond does (c_noise = ln(sigma) / 4).
+PRECONDS = {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve", "Precond": "edm"}
+# Preconditioners whose record is the whole network (EDM2: UNet + log-variance head).
+SELF_CONTAINED = ("Precond",)
+# EDM2's pixel-space encoder (img64); any other `encoder` in a snapshot is a latent model.
+PIXEL_ENCODERS = ("StandardRGBEncoder",)
+# Classes EDM pickles hold that no converter handles yet: name -> (what, module).
 NOT_YET = {
     "iDDPMPrecond": ("iDDPM preconditioning (iDDPMPrecond)", None),
-    "Precond": ("an EDM2 network (NVlabs/edm2 Precond)", "jaxdiff.models.edm2"),
-    "UNet": ("an EDM2 network (NVlabs/edm2 UNet)", "jaxdiff.models.edm2"),
 }
 
 
@@ -97,8 +100,9 @@ def _not_supported(class_name: str, where: str) -> WeightsFileError:
     status = (f" ({module} exists, but no converter is registered for {class_name}: "
               "jaxdiff.convert.register_architecture)" if exists else
               f" (jaxdiff has no such network yet: {module})")
-  return WeightsFileError(f"{where}: {what} is not supported yet{status}; only SongUNet "
-                          "(DDPM++ / NCSN++) and DhariwalUNet (ADM) networks convert today (docs/convert.md#not-supported).")
+  return WeightsFileError(f"{where}: {what} is not supported yet{status}; SongUNet "
+                          "(DDPM++ / NCSN++), DhariwalUNet (ADM) and EDM2 networks convert "
+                          "today (docs/convert.md#not-supported).")
 
 
 def _attr(record: ModuleRecord, key: str, where: str):
@@ -119,7 +123,7 @@ def read_precond(ema: ModuleRecord, where: str) -> Precond:
   get = lambda k: _attr(ema, k, where)
   p = Precond(name, PRECONDS[name], int(get("img_resolution")), int(get("img_channels")),
               int(get("label_dim")), bool(get("use_fp16")))
-  if name == "EDMPrecond":
+  if name in ("EDMPrecond", "Precond"):
     p.sigma_data = float(get("sigma_data"))
   if name in ("EDMPrecond", "VEPrecond"):
     p.sigma_min, p.sigma_max = float(get("sigma_min")), float(get("sigma_max"))
@@ -156,12 +160,22 @@ def recorded_kwargs(record: ModuleRecord, precond: Precond, where: str, name: st
   return kw
 
 
+def check_encoder(snapshot: dict, where: str) -> None:
+  """EDM2's pickles name their data space with an `encoder`; only pixel models convert."""
+  encoder = snapshot.get("encoder")
+  name = getattr(encoder, "class_name", None)
+  if encoder is not None and name not in PIXEL_ENCODERS:
+    raise WeightsFileError(f"{where}: an EDM2 latent-space model (encoder {name!r}); jaxdiff "
+                           "converts pixel-space EDM2 models (img64) only: it has no VAE yet.")
+
+
 def load_network(path: str) -> Network:
   """The EMA network of an EDM pickle as a jaxdiff network (checked, never executed)."""
   snapshot = read_pickle(path)
   ema = snapshot["ema"]
   precond = read_precond(ema, path)
-  model = ema.modules.get("model")
+  model = ema if ema.class_name in SELF_CONTAINED else ema.modules.get("model")
+  check_encoder(snapshot, path)
   if not isinstance(model, ModuleRecord):
     raise WeightsFileError(f"{path}: {ema.class_name} wraps no 'model' network; expected "
                            f"{EXPECTED}.")

@@ -35,7 +35,8 @@ import numpy as np
 from jaxdiff import weights
 from jaxdiff.errors import MissingWeightsFileError, WeightsFileError
 
-EXPECTED = "an NVlabs/edm network pickle (network-snapshot-*.pkl)"
+EXPECTED = ("an NVlabs/edm or NVlabs/edm2 network pickle (network-snapshot-*.pkl, "
+            "edm2-img64-*.pkl)")
 _TORCH_CONTAINERS = ("ModuleDict", "ModuleList", "Sequential")
 
 

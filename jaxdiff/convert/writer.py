@@ -98,6 +98,11 @@ def default_config(network: Network) -> ml_collections.ConfigDict:
   c.data.data_dir = ""
   c.objective.name = "edm"
   c.sample.num_steps = 18 if p.img_resolution <= 32 else 40  # EDM's generate.py examples
+  if network.converted.model_config and network.converted.model_config["name"] == "edm2":
+    # EDM2 trains with its learned loss uncertainty and samples img64 with 32 Heun steps
+    # (NFE 63, generate_images.py).
+    c.objective.learned_uncertainty = True
+    c.sample.num_steps = 32
   return c
 
 

@@ -109,14 +109,23 @@ def build_model(model_config, *, image_shape, num_classes: int = 0) -> nn.Module
     if common['augment_dim']:
       raise ValueError("model.name='edm2' has no augmentation conditioning; set "
                        "--config.model.augment_dim=0")
-    return edm2.EDM2UNet(
+    # The Fourier constants: a converted official network's own draws (jaxdiff.convert),
+    # or () for the seeded ones of a network trained here (docs/edm2.md).
+    constants = lambda key: tuple(float(f) for f in model_config.get(key, ())) or None
+    unet = edm2.EDM2UNet(
         img_resolution=image_shape[0], img_channels=image_shape[2], label_dim=int(num_classes),
         model_channels=int(_get(model_config, 'model_channels')),
         channel_mult=tuple(int(m) for m in _get(model_config, 'channel_mult')),
         num_blocks=int(_get(model_config, 'num_blocks')),
         attn_resolutions=tuple(int(r) for r in _get(model_config, 'attn_resolutions')),
         dropout=common['dropout'], label_dropout=common['label_dropout'],
+        noise_freqs=constants('fourier_freqs'), noise_phases=constants('fourier_phases'),
+        dropout_resolution=int(model_config.get('dropout_resolution', 0)),
+        channels_per_head=int(model_config.get('channels_per_head', 64)),
         remat_blocks=remat in ('blocks', 'full'), dtype=common['dtype'])
+    logvar = edm2.EDM2LogVar(freqs=constants('logvar_freqs'),
+                             phases=constants('logvar_phases'))
+    return edm2.EDM2Denoiser(unet=unet, logvar=logvar)
   if len(image_shape) != 3 or image_shape[0] != image_shape[1]:
     raise ValueError(f'model.name={name!r} needs a square image shape (H, W, C); '
                      f'got {image_shape}')
@@ -182,6 +191,11 @@ def _build_dit(model_config, image_shape, num_classes: int, remat: str, dtype) -
                  learn_sigma=bool(model_config.get('learn_sigma', False)),
                  augment_dim=int(_get(model_config, 'augment_dim')),
                  remat_blocks=remat in ('blocks', 'full'), dtype=dtype)
+
+
+# The networks that carry a learned per-noise-level loss uncertainty head, read by
+# ``apply(..., method='log_variance')`` (EDM2's, docs/edm2.md#loss).
+LOSS_UNCERTAINTY_MODELS = ('edm2',)
 
 
 def weight_constraint(model_config):

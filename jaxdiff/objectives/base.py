@@ -118,7 +118,9 @@ class LognormalSampler:
 
 # ------------------------------------------------------------------ the network
 
-# apply_fn(params, x_in, c_noise, class_labels, augment_labels, train, dropout_key) -> F(x)
+# apply_fn(params, x_in, c_noise, class_labels, augment_labels, train, dropout_key) -> F(x);
+# apply_fn.log_variance(params, c_noise) -> [B] where the network has a learned loss
+# uncertainty head (EDM2's), else apply_fn.log_variance is None.
 ApplyFn = Callable[..., jax.Array]
 
 
@@ -140,6 +142,11 @@ def make_apply_fn(model, remat_whole: bool = False) -> ApplyFn:
       call = jax.checkpoint(call)
     return call(params, x, c_noise, class_labels, augment_labels, dropout_key)
 
+  apply_fn.log_variance = None
+  if callable(getattr(model, "log_variance", None)):
+    def log_variance(params, c_noise):
+      return model.apply({"params": params}, c_noise, method="log_variance")
+    apply_fn.log_variance = log_variance
   return apply_fn
 
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiff import augment as augment_lib
-from jaxdiff import diffusion, sampling
+from jaxdiff import diffusion, models, sampling
 from jaxdiff.errors import ConfigError
 from jaxdiff.objectives import base, formulations
 from jaxdiff.objectives.registry import register
@@ -25,7 +25,11 @@ from jaxdiff.objectives.registry import register
 
 # The `augment` config section: NVlabs/edm train.py's AugmentPipe multipliers (each
 # transform eligible with probability multiplier * p) and p, 0 = off (docs/augment.md).
-CONFIG = {"augment": dict(
+CONFIG = {
+    # EDM2's loss (docs/edm2.md#loss): each pixel's weighted error divided by exp(u(sigma)),
+    # plus u(sigma), u the network's learned log variance (Karras et al. 2024, Eq. 21).
+    "objective": dict(learned_uncertainty=False),
+    "augment": dict(
     p=0.0,               # EDM's CIFAR-10 recipe: 0.12 (--augment)
     xflip=1e8, yflip=1.0, scale=1.0, rotate_frac=1.0, aniso=1.0, translate_frac=1.0,
     margin="batch",      # "batch": the official batch-wide padding margin; "max": per image
@@ -51,7 +55,13 @@ class EDMObjective(base.Objective):
 
   def __init__(self, apply_fn: base.ApplyFn, noise_sampler: base.NoiseSampler,
                sigma_data: float = 0.5, num_classes: int = 0, formulation: str = "edm",
-               augment: augment_lib.AugmentConfig | None = None):
+               augment: augment_lib.AugmentConfig | None = None,
+               learned_uncertainty: bool = False):
+    if learned_uncertainty and getattr(apply_fn, "log_variance", None) is None:
+      raise ConfigError("config.objective.learned_uncertainty=True needs a network with a "
+                        f"log-variance head (model.name in {models.LOSS_UNCERTAINTY_MODELS}); "
+                        "set --config.objective.learned_uncertainty=False.")
+    self.learned_uncertainty = learned_uncertainty
     self.apply_fn = apply_fn
     self.noise_sampler = noise_sampler
     self.sigma_data = sigma_data
@@ -71,6 +81,17 @@ class EDMObjective(base.Objective):
           f"config.augment.p={config.augment.p} feeds {dim} augmentation labels to the network, "
           f"but config.model.augment_dim={config.model.augment_dim}; set "
           f"--config.model.augment_dim={dim} (EDM's CIFAR-10: 9) or --config.augment.p=0.")
+    if config.objective.learned_uncertainty:
+      if config.model.name not in models.LOSS_UNCERTAINTY_MODELS:
+        raise ConfigError(
+            f"config.objective.learned_uncertainty=True needs a network with a log-variance "
+            f"head (model.name in {models.LOSS_UNCERTAINTY_MODELS}), not "
+            f"model.name={config.model.name!r}; set "
+            "--config.objective.learned_uncertainty=False.")
+      if config.objective.formulation != "edm":
+        raise ConfigError(
+            "config.objective.learned_uncertainty=True weights EDM's loss (EDM2); set "
+            f"--config.objective.formulation=edm (got {config.objective.formulation!r}).")
 
   @classmethod
   def noise_sampler(cls, config):
@@ -82,7 +103,8 @@ class EDMObjective(base.Objective):
   def from_config(cls, config, apply_fn, example_shape, noise_sampler, mesh=None):
     return cls(apply_fn, noise_sampler, sigma_data=config.objective.sigma_data,
                num_classes=config.data.num_classes, formulation=config.objective.formulation,
-               augment=augment_config(config))
+               augment=augment_config(config),
+               learned_uncertainty=bool(config.objective.learned_uncertainty))
 
   def augment_batch(self, key, batch):
     """(batch with augmented images, their labels). Reference draws, where an objective has
@@ -123,8 +145,14 @@ class EDMObjective(base.Objective):
                             augment_labels=augment_labels)
     weight = formulations.loss_weight(self.formulation, sigma, self.sigma_data)
     per_sample = weight * base.per_sample_sum((denoised - target) ** 2)
-    loss = jnp.mean(per_sample)
-    return loss, {"per_sample_loss": per_sample, "sigma": sigma}
+    metrics = {"per_sample_loss": per_sample, "sigma": sigma}
+    if self.learned_uncertainty:  # EDM2 Eq. 21, summed over pixels as its training loop does
+      logvar = self.apply_fn.log_variance(params, diffusion.edm_precond(sigma)[3])
+      pixels = y[0].size
+      objective = per_sample / jnp.exp(logvar) + pixels * logvar
+      metrics["logvar"] = jnp.mean(logvar)
+      return jnp.mean(objective), metrics
+    return jnp.mean(per_sample), metrics
 
   def denoiser(self, params, class_labels=None):
     """x, sigma -> D(x; sigma), the function EDM's sampler integrates."""

@@ -44,6 +44,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
   """
   workdir_lib.check_path(workdir)
   with lock.WorkdirLock(workdir):
+    workdir_lib.inherit_network_constants(config)
     exp = Experiment(config, mesh=mesh)
     console.log(exp.preflight_line())  # before any restore or compilation
     workdir_lib.check_config(workdir, config, allow_config_change)

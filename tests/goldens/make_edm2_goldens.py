@@ -93,6 +93,42 @@ def make(networks, torch):
         f'logvar {result["logvar"]}')
 
 
+def make_pickle(networks, torch):
+  """tests/goldens/edm2_precond.pkl: the golden Precond (its state dict from edm2_forward.npz)
+  pickled exactly as the official training loop writes a snapshot: an EasyDict of the
+  encoder, dataset_kwargs, loss_fn and the EMA network cast to float16; and
+  edm2_pickle_outputs.npz: the official D_x and logvar of that float16-stored network on the
+  golden inputs (computed in float32, use_fp16=False)."""
+  import pickle
+  import dnnlib
+  from training import encoders, training_loop
+  g = np.load(os.path.join(HERE, 'edm2_forward.npz'))
+  net = networks.Precond(use_fp16=False, **CONFIG)
+  net.load_state_dict({k[len('sd/'):]: torch.from_numpy(g[k]) for k in g.files
+                       if k.startswith('sd/')})
+  data = dnnlib.EasyDict(encoder=encoders.StandardRGBEncoder(),
+                         dataset_kwargs=dnnlib.EasyDict(
+                             class_name='training.dataset.ImageFolderDataset',
+                             path='datasets/img64.zip', use_labels=True),
+                         loss_fn=training_loop.EDM2Loss(P_mean=-0.8, P_std=1.6))
+  data.ema = copy.deepcopy(net).cpu().eval().requires_grad_(False).to(torch.float16)
+  path = os.path.join(HERE, 'edm2_precond.pkl')
+  with open(path, 'wb') as f:
+    pickle.dump(data, f)
+  with open(path, 'rb') as f:
+    ema = pickle.load(f)['ema']
+  xt = torch.from_numpy(g['x']).permute(0, 3, 1, 2).contiguous()
+  with torch.no_grad():
+    d_x, logvar = ema(xt, torch.from_numpy(g['sigma']), torch.from_numpy(g['class_labels']),
+                      force_fp32=True, return_logvar=True)
+    d_nolabel = ema(xt, torch.from_numpy(g['sigma']), None, force_fp32=True)
+  out = os.path.join(HERE, 'edm2_pickle_outputs.npz')
+  np.savez_compressed(out, D_x=d_x.permute(0, 2, 3, 1).numpy().astype(np.float32),
+                      D_no_labels=d_nolabel.permute(0, 2, 3, 1).numpy().astype(np.float32),
+                      logvar=logvar.reshape(-1).numpy().astype(np.float32))
+  print(f'{path}: {os.path.getsize(path):,} bytes; {out}')
+
+
 def counts(networks, torch):
   """Official parameter counts of the ImageNet-64 presets (train_edm2.py edm2-img64-*)."""
   for name, (channels, dropout) in {'XS': (128, 0.0), 'S': (192, 0.0), 'M': (256, 0.1),
@@ -111,11 +147,19 @@ def main():
                       help='directory holding the official training/networks_edm2.py, '
                            'torch_utils/ and dnnlib/')
   parser.add_argument('--counts', action='store_true')
+  parser.add_argument('--pickle', action='store_true',
+                      help='write edm2_precond.pkl and edm2_pickle_outputs.npz from '
+                           'edm2_forward.npz (needs training/encoders.py, '
+                           'training/training_loop.py, torch_utils/distributed.py and '
+                           'torch_utils/training_stats.py of the checkout as well)')
   args = parser.parse_args()
   sys.path.insert(0, args.edm2)
   import torch
   from training import networks_edm2 as networks  # the official module
   torch.set_num_threads(1)
+  if args.pickle:
+    make_pickle(networks, torch)
+    return
   make(networks, torch)
   if args.counts:
     counts(networks, torch)

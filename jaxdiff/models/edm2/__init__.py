@@ -41,6 +41,9 @@ Interfaces:
   ``EDM2LogVar``: the learned per-noise-level log variance u(sigma) of EDM2's loss (Eq. 21),
       ``apply({'params': p}, c_noise) -> [B]``.
   ``edm2_denoise``: the official ``Precond`` output D(x; sigma) (and logvar) from the two.
+  ``EDM2Denoiser``: the two as one module (params ``{'unet', 'logvar'}``), what
+      ``build_model`` returns for ``model.name='edm2'``: called as the UNet, with
+      ``log_variance(c_noise)`` for the uncertainty-weighted loss.
 
 Fourier features. The official ``MPFourier`` keeps ``freqs = 2 pi N(0, 1)`` and
 ``phases = 2 pi U(0, 1)`` as torch buffers drawn from the global RNG at construction. Here they
@@ -78,14 +81,14 @@ from jaxdiff.models.edm2.layers import (  # noqa: F401
     EDM2_IMG64_PRESETS, EDM2_IMG64_TRAINING, normalize, normalize_weight, mp_silu, mp_sum,
     mp_cat, fourier_constants, MPFourier, MPConv, force_normalize)
 from jaxdiff.models.edm2.model import (  # noqa: F401
-    Block, EDM2UNet, EDM2LogVar, edm2_denoise, edm2_preset)
+    Block, EDM2UNet, EDM2LogVar, EDM2Denoiser, edm2_denoise, edm2_preset)
 from jaxdiff.models.edm2.official import (  # noqa: F401
     params_from_official_state_dict, fourier_buffers_from_official_state_dict,
     unet_config_from_official_state_dict)
 
 __all__ = [
     'EDM2_IMG64_PRESETS', 'EDM2_IMG64_TRAINING', 'EDM2_LOGICAL_AXIS_NAMES', 'Block',
-    'EDM2LogVar', 'EDM2UNet', 'MPConv', 'MPFourier', 'edm2_denoise', 'edm2_preset',
+    'EDM2Denoiser', 'EDM2LogVar', 'EDM2UNet', 'MPConv', 'MPFourier', 'edm2_denoise', 'edm2_preset',
     'force_normalize', 'fourier_buffers_from_official_state_dict', 'fourier_constants',
     'mp_cat', 'mp_silu', 'mp_sum', 'normalize', 'normalize_weight',
     'params_from_official_state_dict', 'unet_config_from_official_state_dict',

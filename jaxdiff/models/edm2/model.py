@@ -125,7 +125,9 @@ class EDM2UNet(nn.Module):
   (channels_per_head, dropout, res_balance, attn_balance, clip_act, resample_filter), and:
   ``label_dropout`` (jaxdiff extension, 0 = official: zero the labels per sample in training,
   for classifier-free guidance), ``noise_freqs`` / ``noise_phases`` / ``fourier_seed`` (the
-  Fourier constants, see the module docstring), ``remat_blocks`` (checkpoint every block;
+  Fourier constants, see the module docstring), ``dropout_resolution`` (jaxdiff extension
+  for ECT's ImageNet-64 networks: > 0 applies the dropout only in blocks at resolutions
+  <= it; 0 = every block, the official), ``remat_blocks`` (checkpoint every block;
   same params and outputs) and ``dtype`` (activation dtype).
   """
   img_resolution: int
@@ -149,6 +151,7 @@ class EDM2UNet(nn.Module):
   noise_freqs: Sequence[float] | None = None
   noise_phases: Sequence[float] | None = None
   fourier_seed: int = 0
+  dropout_resolution: int = 0
   remat_blocks: bool = False
   dtype: Dtype = jnp.float32
 
@@ -182,9 +185,13 @@ class EDM2UNet(nn.Module):
                        f'{2 ** (levels - 1)}')
     out_dtype = x.dtype
     block_cls = nn.remat(Block, static_argnums=(3,)) if self.remat_blocks else Block
-    block = lambda out, name, **kw: block_cls(
+    # ECT's ImageNet-64 networks drop out only at resolutions <= dropout_resolution (16);
+    # 0 applies the dropout in every block, as EDM2 (docs/ect.md).
+    drop = lambda res: (self.dropout if not self.dropout_resolution
+                        or res <= self.dropout_resolution else 0.0)
+    block = lambda out, name, res, **kw: block_cls(
         out, resample_filter=self.resample_filter, channels_per_head=self.channels_per_head,
-        dropout=self.dropout, res_balance=self.res_balance, attn_balance=self.attn_balance,
+        dropout=drop(res), res_balance=self.res_balance, attn_balance=self.attn_balance,
         clip_act=self.clip_act, dtype=self.dtype, name=name, **kw)
 
     # Embedding (float32).
@@ -212,11 +219,11 @@ class EDM2UNet(nn.Module):
       if level == 0:
         x = MPConv(channels, 3, name=f'{tag}_conv')(x)
       else:
-        x = block(x.shape[-1], f'{tag}_down', flavor='enc', resample_mode='down')(
+        x = block(x.shape[-1], f'{tag}_down', res, flavor='enc', resample_mode='down')(
             x, emb, train)
       skips.append(x)
       for idx in range(self.num_blocks):
-        x = block(channels, f'{tag}_block{idx}', flavor='enc',
+        x = block(channels, f'{tag}_block{idx}', res, flavor='enc',
                   attention=res in self.attn_resolutions)(x, emb, train)
         skips.append(x)
 
@@ -225,13 +232,14 @@ class EDM2UNet(nn.Module):
       res = res0 >> level
       tag = f'dec_{res}x{res}'
       if level == levels - 1:
-        x = block(x.shape[-1], f'{tag}_in0', flavor='dec', attention=True)(x, emb, train)
-        x = block(x.shape[-1], f'{tag}_in1', flavor='dec')(x, emb, train)
+        x = block(x.shape[-1], f'{tag}_in0', res, flavor='dec', attention=True)(x, emb, train)
+        x = block(x.shape[-1], f'{tag}_in1', res, flavor='dec')(x, emb, train)
       else:
-        x = block(x.shape[-1], f'{tag}_up', flavor='dec', resample_mode='up')(x, emb, train)
+        x = block(x.shape[-1], f'{tag}_up', res, flavor='dec', resample_mode='up')(x, emb,
+                                                                                   train)
       for idx in range(self.num_blocks + 1):
         x = mp_cat(x, skips.pop(), t=self.concat_balance)
-        x = block(channels, f'{tag}_block{idx}', flavor='dec',
+        x = block(channels, f'{tag}_block{idx}', res, flavor='dec',
                   attention=res in self.attn_resolutions)(x, emb, train)
 
     out_gain = self.param('out_gain', nn.with_logical_partitioning(nn.initializers.zeros,
@@ -295,6 +303,28 @@ def edm2_denoise(unet: EDM2UNet, params: Mapping[str, Any], x: jax.Array, sigma,
   if logvar is None:
     return d_x
   return d_x, logvar.apply({'params': params['logvar']}, c_noise)
+
+
+class EDM2Denoiser(nn.Module):
+  """EDM2's trainable pair, as the official ``Precond`` holds it: the UNet and the log-variance
+  head of its loss (Eq. 21), one parameter tree ``{'unet': ..., 'logvar': ...}`` (the layout
+  ``params_from_official_state_dict`` returns, so an official checkpoint loads as it is).
+
+  ``__call__`` is the UNet's (the raw F, jaxdiff's network interface); the head is only read
+  by a loss that weights by the learned uncertainty, through ``log_variance(c_noise) -> [B]``
+  (``apply(..., method='log_variance')``). Initialisation creates both, so the parameter
+  count equals the official ``Precond``'s.
+  """
+  unet: EDM2UNet
+  logvar: EDM2LogVar
+
+  def __call__(self, x, noise_labels, class_labels=None, augment_labels=None, train=False):
+    if self.is_initializing():
+      self.logvar(jnp.broadcast_to(jnp.asarray(noise_labels, jnp.float32), (x.shape[0],)))
+    return self.unet(x, noise_labels, class_labels, augment_labels, train=train)
+
+  def log_variance(self, noise_labels):
+    return self.logvar(noise_labels)
 
 
 def edm2_preset(name: str, **overrides) -> EDM2UNet:
