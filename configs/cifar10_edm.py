@@ -51,10 +51,7 @@ def get_config(arg: str = ""):
   c.train.sample_every = 50_000
   c.train.eval_every = 20_000                     # ~10 Mimg; FID only with inception_weights
 
-  c.sample.num_steps = 18                         # 35 NFE Heun
-  c.eval.num_samples = 10_000
-  c.eval.fid_num_samples = 50_000
-  c.eval.fid_batch_size = 512
+  common.fid_evaluation(c, heun_steps=18)   # 35 NFE Heun
 
   if arg == "smoke":
     apply_smoke(c)

@@ -137,6 +137,15 @@ def paper_run(c, num_steps: int, every: int, ema_decay: float = 0.9999) -> None:
   c.eval.num_samples = 50000
 
 
+def fid_evaluation(c, heun_steps: int) -> None:
+  """EDM's and EDM2's evaluation: Heun sampling with `heun_steps` steps, 10k samples for
+  the in-training figure and 50k for the final FID, in batches of 512."""
+  c.sample.num_steps = heun_steps
+  c.eval.num_samples = 10_000
+  c.eval.fid_num_samples = 50_000
+  c.eval.fid_batch_size = 512
+
+
 def sct_on_ect(c, reference_size: int) -> None:
   """SCT's settings on top of an ECT recipe (ours where the paper is silent; docs/sct.md):
   an STF reference set of `reference_size` per device, the x0_hat boundary target,

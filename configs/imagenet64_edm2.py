@@ -77,10 +77,7 @@ def get_config(arg: str = ""):
   c.train.sample_every = 25_000
   c.train.eval_every = 50_000
 
-  c.sample.num_steps = 32
-  c.eval.num_samples = 10_000
-  c.eval.fid_num_samples = 50_000
-  c.eval.fid_batch_size = 512
+  common.fid_evaluation(c, heun_steps=32)
 
   if arg == "smoke":
     apply_smoke(c)

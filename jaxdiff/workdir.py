@@ -117,12 +117,19 @@ def _refuse_architecture(init_from: str, diffs: list[str]) -> None:
         "differ:\n  " + "\n  ".join(diffs) + "\nSet them to the source run's values.")
 
 
+def _source_config(init_from: str) -> dict | None:
+  """The config.json of `init_from`'s run as saved, or None where it has none."""
+  path = os.path.join(init_from, "config.json") if init_from else ""
+  if not path or not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
 def _check_source_architecture(init_from: str, config) -> None:
-  source_config = os.path.join(init_from, "config.json")
-  if not os.path.exists(source_config):
+  saved = _source_config(init_from)
+  if saved is None:
     return
-  with open(source_config) as f:
-    saved = json.load(f)
   _refuse_architecture(init_from, _architecture_diffs(saved, json.loads(config_lib.to_json(config))))
 
 
@@ -137,11 +144,10 @@ def inherit_network_constants(config) -> None:
   (in place, logged), so that a tuned network computes its source's embedding. The same
   source gives the same values on every resume."""
   init_from = config.get("init_from", "")
-  source_config = os.path.join(init_from, "config.json") if init_from else ""
-  if not source_config or not os.path.exists(source_config):
+  source = _source_config(init_from)
+  if source is None:
     return
-  with open(source_config) as f:
-    saved = json.load(f).get("model", {})
+  saved = source.get("model", {})
   taken = []
   for key in INHERITED_CONSTANTS:
     if key in config.model and not tuple(config.model[key]) and saved.get(key):

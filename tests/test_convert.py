@@ -28,6 +28,7 @@ from jaxdiff.convert import edm, song_unet, writer
 from jaxdiff.convert import EXPECTED, convert, load_network, official_denoiser, read_pickle
 from jaxdiff.diffusion import precond as precond_lib
 from jaxdiff.errors import ConfigError, MissingWeightsFileError, WeightsFileError
+from jaxdiff.train import step as step_lib
 
 GOLDENS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "goldens")
 OUTPUTS = os.path.join(GOLDENS, "edm_pickle_outputs.npz")
@@ -223,7 +224,7 @@ PRECOND_ATTRS = {
 def tiny_params(seed=0):
   """Random (not initial) weights of the tiny jaxdiff DDPM++, flat, numpy."""
   model = models.build_model(TINY, image_shape=(8, 8, 1))
-  params = jax.eval_shape(lambda: song_unet.step_lib.init_params(model, jax.random.PRNGKey(0),
+  params = jax.eval_shape(lambda: step_lib.init_params(model, jax.random.PRNGKey(0),
                                                             (8, 8, 1), 0))
   rng = np.random.RandomState(seed)
   return model, {k: (0.2 * rng.standard_normal(v.shape)).astype(np.float32)

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import math
 
-import jax
 import numpy as np
 
 from jaxdiff import weights
 from jaxdiff.convert import song_unet
-from jaxdiff.convert.edm import Converted, Precond, recorded_kwargs, register_architecture
+from jaxdiff.convert.edm import (Converted, Precond, param_shapes, recorded_kwargs,
+                                 register_architecture)
 from jaxdiff.convert.pickle_reader import ModuleRecord
 from jaxdiff.errors import WeightsFileError
 from jaxdiff.models import adm
-from jaxdiff.train import step as step_lib
 
 # EDM's DhariwalUNet signature (training/networks.py); arguments absent from the record take these.
 DHARIWAL_UNET_DEFAULTS = dict(
@@ -83,13 +82,6 @@ def to_flax(flax_name: str, value: np.ndarray) -> np.ndarray:
   return value
 
 
-def _param_shapes(module, kw) -> dict[str, tuple]:
-  image_shape = (int(kw["img_resolution"]),) * 2 + (int(kw["in_channels"]),)
-  tree = jax.eval_shape(lambda: step_lib.init_params(
-      module, jax.random.PRNGKey(0), image_shape, int(kw["label_dim"]), int(kw["augment_dim"])))
-  return {k: tuple(v.shape) for k, v in weights.flatten(tree).items()}
-
-
 def _group_norm_problems(name: str, norm: ModuleRecord) -> list[str]:
   out = []
   if not math.isclose(float(norm.get("eps", 0)), adm.EPS, rel_tol=1e-6):
@@ -134,7 +126,8 @@ def convert_dhariwal_unet(record: ModuleRecord, precond: Precond, where: str) ->
   kw = dhariwal_unet_kwargs(record, precond, where)
   heads_every = channels_per_head(record)
   module = dhariwal_unet_module(kw, heads_every)
-  shapes = _param_shapes(module, kw)
+  image_shape = (int(kw["img_resolution"]),) * 2 + (int(kw["in_channels"]),)
+  shapes = param_shapes(module, image_shape, kw["label_dim"], kw["augment_dim"])
   state = record.tensors()
   flat, problems = weights.check_state_dict(state, shapes, torch_name, to_flax)
   buffers = {k for k in state if k.endswith(".resample_filter")}

@@ -19,9 +19,11 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from jaxdiff import weights
 from jaxdiff.convert.pickle_reader import EXPECTED, ModuleRecord, read_pickle
 from jaxdiff.diffusion import precond as precond_lib
 from jaxdiff.errors import WeightsFileError
+from jaxdiff.train import step as step_lib
 
 # EDM2's Precond preconditions as EDMPrecond does (c_noise = ln(sigma) / 4).
 PRECONDS = {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve", "Precond": "edm"}
@@ -134,6 +136,15 @@ def read_precond(ema: ModuleRecord, where: str) -> Precond:
     p.sigma_max = float(get("sigma_max"))
   return p
 
+
+
+def param_shapes(module: nn.Module, image_shape, label_dim: int,
+                 augment_dim: int = 0) -> dict[str, tuple]:
+  """'a.b.leaf' -> shape of the parameters `module` has (traced, nothing computed): what a
+  converter checks the pickle's tensors against."""
+  tree = jax.eval_shape(lambda: step_lib.init_params(
+      module, jax.random.PRNGKey(0), tuple(image_shape), int(label_dim), int(augment_dim)))
+  return {k: tuple(v.shape) for k, v in weights.flatten(tree).items()}
 
 
 def recorded_kwargs(record: ModuleRecord, precond: Precond, where: str, name: str,

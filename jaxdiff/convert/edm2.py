@@ -16,11 +16,11 @@ Latent-space EDM2 models (img512, with a Stable Diffusion VAE `encoder`) are ref
 """
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import numpy as np
 
-from jaxdiff.convert.edm import Converted, Precond, register_architecture
+from jaxdiff import weights
+from jaxdiff.convert.edm import Converted, Precond, param_shapes, register_architecture
 from jaxdiff.convert.pickle_reader import ModuleRecord
 from jaxdiff.errors import WeightsFileError
 from jaxdiff.models import edm2
@@ -99,12 +99,8 @@ def fold_half_precision_gains(state: dict) -> dict:
 
 def _shape_problems(module: edm2.EDM2Denoiser, params: dict, precond: Precond) -> list[str]:
   res, ch = precond.img_resolution, precond.img_channels
-  spec = lambda *s: jax.ShapeDtypeStruct(s, np.float32)
-  want = jax.eval_shape(module.init, jax.random.key(0), spec(1, res, res, ch), spec(1),
-                        spec(1, precond.label_dim) if precond.label_dim else None)
-  flat = lambda tree: {jax.tree_util.keystr(k): tuple(np.shape(v)) for k, v in
-                       jax.tree_util.tree_flatten_with_path(tree)[0]}
-  want, have = flat(nn.unbox(want["params"])), flat(params)
+  want = param_shapes(module, (res, res, ch), precond.label_dim)
+  have = {k: tuple(np.shape(v)) for k, v in weights.flatten(params).items()}
   problems = [f"{k}: missing" for k in sorted(set(want) - set(have))]
   problems += [f"{k}: no place for it" for k in sorted(set(have) - set(want))]
   problems += [f"{k}: shape {have[k]}, expected {want[k]}" for k in sorted(set(want) & set(have))

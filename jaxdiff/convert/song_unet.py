@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import math
 
-import jax
 import numpy as np
 
 from jaxdiff import models, weights
-from jaxdiff.convert.edm import Converted, Precond, recorded_kwargs, register_architecture
+from jaxdiff.convert.edm import (Converted, Precond, param_shapes, recorded_kwargs,
+                                 register_architecture)
 from jaxdiff.convert.pickle_reader import ModuleRecord
 from jaxdiff.errors import WeightsFileError
-from jaxdiff.train import step as step_lib
 
 # EDM's SongUNet signature (training/networks.py); arguments absent from the record take these.
 SONG_UNET_DEFAULTS = dict(
@@ -75,12 +74,6 @@ def to_flax(flax_name: str, value: np.ndarray) -> np.ndarray:
   if flax_name.endswith(".kernel") and value.ndim == 2:
     return value.T
   return value
-
-
-def _param_shapes(module, image_shape, kw) -> dict[str, tuple]:
-  tree = jax.eval_shape(lambda: step_lib.init_params(
-      module, jax.random.PRNGKey(0), image_shape, int(kw["label_dim"]), int(kw["augment_dim"])))
-  return {k: tuple(v.shape) for k, v in weights.flatten(tree).items()}
 
 
 def _buffer_problems(state: dict, kw: dict) -> list[str]:
@@ -147,7 +140,7 @@ def convert_song_unet(record: ModuleRecord, precond: Precond, where: str) -> Con
   kw = song_unet_kwargs(record, precond, where)
   module = song_unet_module(kw)
   image_shape = (precond.img_resolution, precond.img_resolution, precond.img_channels)
-  shapes = _param_shapes(module, image_shape, kw)
+  shapes = param_shapes(module, image_shape, kw["label_dim"], kw["augment_dim"])
   state = record.tensors()
   flat, problems = weights.check_state_dict(state, shapes, torch_name, to_flax)
   buffers = {k for k in state if k.endswith(".resample_filter")} | {"map_noise.freqs"}
