@@ -13,8 +13,9 @@ down to the lowest; stage n trains on the n easiest clusters, and after
 stage 20 training goes on over the full distribution.
 
 Pacing values are ours [UNVERIFIED; the paper's tau and window are not public,
-docs/curriculum.md#defaults]: windows of 16 steps and tau = 1, so a flat loss
-advances a stage after (tau + 2) * 16 = 48 steps; a cap of 80 steps per stage ends
+docs/curriculum.md#defaults]: the loss is checked every 16 steps and tau = 16
+iterations of patience, so a flat loss advances a stage after (16 / 16 + 2) * 16 = 48
+steps; a cap of 80 steps per stage (an option, set here for the short budget) ends
 the curriculum by step 19 * 80 = 1520 at the latest, leaving at least 24% of
 digits_edm's 2000 steps (batch 64) for the full distribution, more when stages
 advance before the cap (docs/curriculum.md#pitfalls: a large tau starves the
@@ -34,7 +35,7 @@ def get_config(arg: str = ""):
   cur.order = "easy_to_hard"
   cur.pacing = "patience"
   cur.window = 16
-  cur.tau = 1
+  cur.tau = 16                # iterations (was "1 window" before 2026-12-05: same rule)
   cur.delta = 0.0
   cur.cap = 80
   cur.steps_per_stage = 60   # only for --config.curriculum.pacing=fixed: ends at step 1140

@@ -13,6 +13,7 @@ from scipy import stats
 from jaxdiff import curriculum
 from jaxdiff.curriculum import analysis
 from jaxdiff.curriculum import clusters
+from jaxdiff.curriculum import settings as curriculum_settings
 from jaxdiff.diffusion import lognormal_sigma
 
 P_MEAN, P_STD = -1.2, 1.2
@@ -286,17 +287,18 @@ def _run(pacer, losses, start=0):
 
 
 def test_patience_pacer_decreasing_loss_never_advances():
-  pacer = curriculum.PatiencePacer(5, window=10, tau=2, delta=0.0, cap=None)
+  pacer = curriculum.PatiencePacer(5, window=10, tau=20, delta=0.0, cap=None)
   stages = _run(pacer, [1.0 / (1 + s) for s in range(2000)])
   assert set(stages) == {1}
 
 
 def test_patience_pacer_constant_loss_advances_after_tau_plus_one_checks():
-  window, tau = 10, 2
+  window, tau = 10, 20
   pacer = curriculum.PatiencePacer(5, window=window, tau=tau, cap=None)
   stages = _run(pacer, [0.5] * 400)
-  # First check sets best (inf before), then tau + 1 non-improving checks:
-  # the stage lasts (tau + 2) * window = 40 steps, so observing step 39
+  # Patience counts iterations: the first check sets best (inf before), then each
+  # non-improving check adds a window; patience 30 > tau = 20 after three of them.
+  # The stage lasts (tau / window + 2) * window = 40 steps, so observing step 39
   # moves step 40 to stage 2.
   assert stages[38] == 1 and stages[39] == 2
   assert stages[78] == 2 and stages[79] == 3
@@ -312,19 +314,19 @@ def test_patience_pacer_tau_zero_and_delta():
   assert stages[8] == 1 and stages[9] == 2
   # Improvements smaller than delta do not count as improvements.
   slow = [1.0 - 1e-4 * s for s in range(100)]
-  strict = curriculum.PatiencePacer(3, window=5, tau=1, delta=0.0)
-  tolerant = curriculum.PatiencePacer(3, window=5, tau=1, delta=0.01)
+  strict = curriculum.PatiencePacer(3, window=5, tau=5, delta=0.0)
+  tolerant = curriculum.PatiencePacer(3, window=5, tau=5, delta=0.01)
   assert set(_run(strict, slow)) == {1}
   assert _run(tolerant, slow)[14] == 2
 
 
 def test_patience_pacer_non_finite_losses_count_against_patience():
-  pacer = curriculum.PatiencePacer(3, window=2, tau=1)
+  pacer = curriculum.PatiencePacer(3, window=2, tau=2)
   stages = _run(pacer, [1.0, 1.0, float("nan"), 0.1, 0.5, float("inf")])
   # Check 1 sets best = 1; checks 2 and 3 hold a non-finite loss, so they do
   # not improve even though 0.1 alone is lower; the second one advances.
   assert stages == [1, 1, 1, 1, 1, 2]
-  pacer = curriculum.PatiencePacer(3, window=2, tau=1)
+  pacer = curriculum.PatiencePacer(3, window=2, tau=2)
   _run(pacer, [1.0, 1.0, float("nan")])
   json.dumps(pacer.state_dict(), allow_nan=False)  # Still valid JSON.
 
@@ -354,14 +356,14 @@ def test_fixed_pacer_is_a_function_of_the_step():
 
 
 def test_pacer_rejects_repeated_steps():
-  pacer = curriculum.PatiencePacer(3, window=2, tau=1)
+  pacer = curriculum.PatiencePacer(3, window=2, tau=2)
   pacer.observe(0, 1.0)
   with pytest.raises(ValueError, match="increase"):
     pacer.observe(0, 1.0)
 
 
 @pytest.mark.parametrize("make", [
-    lambda: curriculum.PatiencePacer(6, window=7, tau=2, delta=1e-3, cap=90),
+    lambda: curriculum.PatiencePacer(6, window=7, tau=14, delta=1e-3, cap=90),
     lambda: curriculum.FixedPacer(6, steps_per_stage=13),
 ])
 def test_pacer_state_round_trip_continues_identically(make):
@@ -381,14 +383,14 @@ def test_pacer_state_round_trip_continues_identically(make):
 
 
 def test_pacer_state_refuses_other_hyperparameters():
-  saved = curriculum.PatiencePacer(6, window=7, tau=2).state_dict()
-  other = curriculum.PatiencePacer(6, window=7, tau=3)
+  saved = curriculum.PatiencePacer(6, window=7, tau=14).state_dict()
+  other = curriculum.PatiencePacer(6, window=7, tau=21)
   with pytest.raises(ValueError, match="tau"):
     other.load_state_dict(saved)
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     other.load_state_dict(saved, strict=False)
-  assert caught and other.tau == 3
+  assert caught and other.tau == 21
   with pytest.raises(ValueError, match="patience"):
     curriculum.FixedPacer(6, 10).load_state_dict(saved)
   # Fresh state has no best yet: stored as None since JSON lacks infinity.
@@ -401,7 +403,8 @@ def test_default_config_and_make_pacer():
   assert (cfg.kind, cfg.pacing, cfg.order) == ("lognormal", "patience",
                                                "easy_to_hard")
   assert (cfg.window, cfg.tau, cfg.delta, cfg.cap, cfg.steps_per_stage) == (
-      100, 5, 0.0, 2000, 500)
+      100, 500, 0.0, None, 500)
+  assert (cfg.monitor, cfg.smoothing) == ("batch", 0.0)  # the paper's "current training loss"
   # Disabled: a constant pacer at the last stage, whose mask enables all.
   off = curriculum.make_pacer(cfg)
   assert isinstance(off, curriculum.ConstantPacer) and off.stage == 20
@@ -409,12 +412,12 @@ def test_default_config_and_make_pacer():
   cfg.enabled = True
   patience = curriculum.make_pacer(cfg)
   assert isinstance(patience, curriculum.PatiencePacer)
-  assert (patience.window, patience.tau, patience.cap) == (100, 5, 2000)
+  assert (patience.window, patience.tau, patience.cap) == (100, 500, None)
   cfg.pacing = "fixed"
   fixed = curriculum.make_pacer(cfg)
   assert isinstance(fixed, curriculum.FixedPacer)
   assert fixed.steps_per_stage == 500
-  cfg.cap = None  # No cap is allowed.
+  cfg.cap = 2000  # A cap is an option.
   curriculum.validate_curriculum_config(cfg)
 
 
@@ -425,6 +428,8 @@ def test_default_config_and_make_pacer():
     ("num_clusters", 0, ">= 1"),
     ("window", 0, ">= 1"),
     ("tau", -1, ">= 0"),
+    ("smoothing", 1.0, "[0, 1)"),
+    ("monitor", "cluster", "newest_cluster"),
     ("delta", -0.1, ">= 0"),
     ("cap", 0, "None"),
     ("enabled", "yes", "True or False"),
@@ -548,3 +553,74 @@ def test_plot_kl_writes_png(tmp_path):
   path = analysis.plot_kl(str(tmp_path / "kl.png"), t, kl)
   with open(path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------- pacing as the paper states it
+
+
+def test_patience_counts_iterations_whatever_the_window():
+  # The same tau in iterations gives the same stage length (up to a window's rounding)
+  # whether the loss is checked every iteration or every 5.
+  for window in (1, 5):
+    pacer = curriculum.PatiencePacer(3, window=window, tau=10, cap=None)
+    stages = _run(pacer, [1.0] * 40)
+    first_advance = stages.index(2)
+    # best is set by the first check (after `window` steps), then patience > 10 needs
+    # 11 more iterations (window 1) or 3 more windows of 5 (window 5).
+    assert first_advance == {1: 11, 5: 19}[window]
+
+
+def test_patience_weights_the_window_mean():
+  # Two steps, one window: the newest cluster held 3 examples at loss 1.0 and 1 at 5.0.
+  pacer = curriculum.PatiencePacer(3, window=2, tau=100)
+  _run(pacer, [1.0, 5.0])
+  pacer2 = curriculum.PatiencePacer(3, window=2, tau=100)
+  pacer2.observe(0, 1.0, weight=3)
+  pacer2.observe(1, 5.0, weight=1)
+  assert pacer.best == pytest.approx(3.0) and pacer2.best == pytest.approx(2.0)
+  # A step without any example of the monitored clusters adds nothing to the mean...
+  pacer3 = curriculum.PatiencePacer(3, window=2, tau=100)
+  pacer3.observe(0, float("nan"), weight=0)
+  pacer3.observe(1, 4.0, weight=2)
+  assert pacer3.best == pytest.approx(4.0)
+  # ... and a window without any is a non-improving check.
+  pacer4 = curriculum.PatiencePacer(3, window=1, tau=1)
+  assert _run(pacer4, [1.0]) == [1]
+  pacer4.observe(1, float("nan"), weight=0)
+  assert pacer4.patience == 1
+
+
+def test_patience_smoothing_is_an_ema_of_the_checked_loss():
+  pacer = curriculum.PatiencePacer(3, window=1, tau=100, smoothing=0.5)
+  _run(pacer, [4.0, 2.0, 2.0])
+  # EMA: 4 -> 3 -> 2.5, each an improvement.
+  assert pacer.best == pytest.approx(2.5) and pacer.patience == 0
+  json.dumps(pacer.state_dict(), allow_nan=False)
+
+
+def test_pacer_state_of_the_window_unit_is_refused():
+  """A checkpoint whose tau counted windows must not resume with tau read as iterations."""
+  saved = curriculum.PatiencePacer(3, window=5, tau=5).state_dict()
+  del saved["patience_unit"], saved["smoothing"], saved["smoothed"], saved["window_weight"]
+  with pytest.raises(ValueError, match="patience_unit"):
+    curriculum.PatiencePacer(3, window=5, tau=5).load_state_dict(saved)
+  with pytest.raises(ValueError, match="smoothing"):
+    curriculum.Pacer.from_state_dict(saved)
+
+
+@pytest.mark.parametrize("order", ["easy_to_hard", "hard_to_easy", "random"])
+def test_monitored_mask_is_the_cluster_each_stage_adds(order):
+  cfg = curriculum.default_curriculum_config()
+  cfg.enabled, cfg.num_clusters, cfg.order, cfg.monitor = True, 6, order, "newest_cluster"
+  assert curriculum_settings.monitored_mask(cfg, curriculum.mask_for_stage(cfg, 1)) is None
+  seen = set()
+  for stage in range(2, 7):
+    newest = curriculum_settings.monitored_mask(cfg, curriculum.mask_for_stage(cfg, stage))
+    assert sum(newest) == 1
+    index = newest.index(True)
+    assert curriculum.mask_for_stage(cfg, stage)[index]
+    assert not curriculum.mask_for_stage(cfg, stage - 1)[index]
+    seen.add(index)
+  assert len(seen) == 5
+  cfg.monitor = "batch"
+  assert curriculum_settings.monitored_mask(cfg, curriculum.mask_for_stage(cfg, 3)) is None

@@ -232,7 +232,7 @@ def test_precompile_and_study_keys_are_validated():
 
 def test_resume_mid_stage_equals_uninterrupted(tmp_path):
   """Patience pacing, stopped at step 5 inside a stage with live counters."""
-  kw = dict(enabled=True, num_clusters=4, pacing="patience", window=2, tau=1, cap=4)
+  kw = dict(enabled=True, num_clusters=4, pacing="patience", window=2, tau=2, cap=4)
   full = toy_config(num_steps=12, **kw)
   loop.train(full, str(tmp_path / "straight"), mesh=mesh_of(2))
   loop.train(toy_config(num_steps=5, **kw), str(tmp_path / "resumed"), mesh=mesh_of(2))
@@ -310,3 +310,32 @@ def test_analyze_smoke_writes_tables_and_plots(tmp_path):
   conv = summary["convergence"]["rows"]
   assert len(conv) == 2 and all(np.isfinite(r["loss_final"]) for r in conv)
   assert all(r["iters_first"] in (0, 2, 4) for r in conv)
+
+
+# ------------------------------------------------- the monitored loss: newest cluster
+
+
+def test_monitored_metrics_average_the_newest_cluster_only():
+  from jaxdiff.objectives.ddpm import DiscreteTimeSampler
+  newest = DiscreteTimeSampler(num_timesteps=10, kind="uniform").restrict(
+      (False, True, False, False, False))  # timesteps 2 and 3
+  t = np.array([0, 2, 3, 3, 9], np.float32)
+  loss = np.array([10.0, 1.0, 2.0, 3.0, 50.0], np.float32)
+  out = step_lib.monitored_metrics(loss, t, newest)
+  np.testing.assert_allclose(out["loss_newest_cluster"], 2.0)
+  assert float(out["newest_cluster_count"]) == 3
+
+
+def test_patience_on_the_newest_cluster_trains_and_reports_it(tmp_path):
+  c = toy_config(num_steps=8, enabled=True, num_clusters=3, pacing="patience", window=1,
+                 tau=0, monitor="newest_cluster", precompile="none")
+  summary = loop.train(c, str(tmp_path), mesh=mesh_of(2))
+  rows = metric_rows(tmp_path)
+  stages = stage_per_step(tmp_path)
+  assert max(stages.values()) >= 2  # the pacer moved on the monitored loss
+  with_newest = [r for r in rows if "newest_cluster_count" in r]
+  # Stage 1's only cluster is the whole batch: no extra metric there, only in later stages.
+  assert with_newest and all(stages[r["step"]] >= 2 for r in with_newest)
+  for r in with_newest:
+    assert 0 <= r["newest_cluster_count"] <= c.data.batch_size
+  assert len(summary["compilations"]) == len(set(stages.values()))

@@ -3,12 +3,17 @@
   nice -n 19 python experiments/curriculum_digits/run.py --root=/tmp/cur_exp \
       > /tmp/cur_exp.log 2>&1 &
   python experiments/curriculum_digits/run.py --root=/tmp/cur_exp --report_only
+  # the curriculum's own setting, DDPM's discrete time (experiments/curriculum_ddpm_digits):
+  python experiments/curriculum_digits/run.py --recipe=digits_ddpm \
+      --out=experiments/curriculum_ddpm_digits --root=/tmp/cur_ddpm \
+      --arms uniform patience fixed anti --tau=10 --cap=0
 
-Every arm is configs/digits_curriculum.py with the same reduced model and step
+Every arm is configs/<recipe>.py with the same reduced model and step
 budget (below); the arms differ only in the `curriculum` block:
-  uniform   curriculum.enabled=False (EDM's lognormal sigma from step 0)
-  patience  the recipe's curriculum, pacing "patience"
+  uniform   curriculum.enabled=False (the objective's own noise levels from step 0)
+  patience  the curriculum, easy to hard, pacing "patience"
   fixed     the same clusters and order, pacing "fixed" (equal steps per stage)
+  anti      the anti-curriculum: order "hard_to_easy", fixed pacing
 The quality figure is the digits FID (jaxdiff.evaluation.quality, classifier
 features, EMA weights, 18-step Heun, `--num_samples` samples) every
 `--eval_every` steps. Runs go one after another (CPU is shared); a run whose
@@ -29,16 +34,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 
-ARMS = ("uniform", "patience", "fixed")
+ARMS = ("uniform", "patience", "fixed", "anti")
 
 
-def load_recipe(arg: str = ""):
+def load_recipe(recipe: str, arg: str = ""):
   from jaxdiff import config as config_lib
-  return config_lib.load_config(os.path.join(ROOT, "configs", f"digits_curriculum.py:{arg}"))
+  return config_lib.load_config(os.path.join(ROOT, "configs", f"{recipe}.py:{arg}"))
 
 
 def arm_config(arm: str, seed: int, args):
-  c = load_recipe()
+  c = load_recipe(args.recipe)
   # The reduced budget, identical for every arm.
   c.seed = seed
   c.model.model_channels = args.channels
@@ -56,15 +61,18 @@ def arm_config(arm: str, seed: int, args):
   # stage after (tau + 2) * window steps, before the cap.
   cur.window = args.window
   cur.tau = args.tau
-  cur.cap = args.cap
+  cur.cap = args.cap or None   # 0: no cap
+  cur.monitor = args.monitor
   cur.steps_per_stage = args.steps_per_stage
-  if arm == "uniform":
-    cur.enabled = False
-  elif arm == "patience":
+  cur.num_clusters = args.num_clusters
+  cur.enabled = arm != "uniform"
+  if arm == "patience":
     cur.pacing = "patience"
   elif arm == "fixed":
     cur.pacing = "fixed"
-  else:
+  elif arm == "anti":
+    cur.pacing, cur.order = "fixed", "hard_to_easy"
+  elif arm != "uniform":
     raise ValueError(arm)
   return c
 
@@ -152,7 +160,7 @@ def report(args):
           "compiled_keys": [k for k, _ in summary.get("compilations", [])],
           "compile_seconds_total": round(sum(s for _, s in summary.get("compilations", [])), 1),
           **stage_info(workdir, int(config.curriculum.num_clusters))}
-  with open(os.path.join(HERE, "results.json"), "w") as f:
+  with open(os.path.join(args.out, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
 
   steps = sorted({int(s) for r in results["runs"].values() for s in r["fid"]})
@@ -175,16 +183,18 @@ def report(args):
     fids = ", ".join(f"{k}: {v:.2f}" for k, v in sorted(r["fid"].items(), key=lambda kv: int(kv[0])))
     per_run.append(f"| {name} | {fids} | {r['full_distribution_from_step']} | "
                    f"{r['num_compilations']} | {r['wall_seconds']} |")
-  with open(os.path.join(HERE, "results.md"), "w") as f:
+  reach = steps_to_reach(results, args, steps)
+  with open(os.path.join(args.out, "results.md"), "w") as f:
     f.write("Digits FID (lower is better) vs training step\n\n" + "\n".join(table) + "\n\n"
-            + "\n".join(per_run) + "\n")
+            + "\n".join(per_run) + "\n\n" + reach + "\n")
 
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
   fig = Figure(figsize=(6.5, 4.2))
   FigureCanvasAgg(fig)
   ax = fig.add_subplot()
-  colors = {"uniform": "tab:gray", "patience": "tab:blue", "fixed": "tab:orange"}
+  colors = {"uniform": "tab:gray", "patience": "tab:blue", "fixed": "tab:orange",
+            "anti": "tab:red"}
   for arm in args.arms:
     xs = [s for s in steps if curves[arm][s]]
     if not xs:
@@ -197,18 +207,62 @@ def report(args):
   ax.set_yscale("log")
   ax.set_xlabel("training step")
   ax.set_ylabel("digits FID (log scale)")
-  ax.set_title(f"digits, {args.steps} steps, batch {args.batch_size}, "
+  ax.set_title(f"{args.recipe}, {args.steps} steps, batch {args.batch_size}, "
                f"{args.channels}-channel UNet")
   ax.grid(True, which="both", alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(os.path.join(HERE, "quality_vs_steps.png"), dpi=110)
+  fig.savefig(os.path.join(args.out, "quality_vs_steps.png"), dpi=110)
   print("\n".join(table))
+
+
+def steps_to_reach(results: dict, args, steps) -> str:
+  """The first evaluation step at which each run's FID is <= a target, per arm.
+
+  Only the intermediate evaluations count (`--num_samples` each; the last step's FID uses
+  more samples and is on another scale). The target (`--target_fid`, default: the
+  uniform arm's mean FID at its last intermediate evaluation) is what the uniform
+  baseline reaches with nearly the whole budget.
+  """
+  import numpy as np
+  inter = [s for s in steps if s < args.steps]
+  if not inter:
+    return ""
+  target = args.target_fid
+  if target is None:
+    uni = [r["fid"][str(inter[-1])] for r in results["runs"].values()
+           if r["arm"] == "uniform" and str(inter[-1]) in r["fid"]]
+    if not uni:
+      return ""
+    target = float(np.mean(uni))
+  lines = [f"Steps to reach FID <= {target:.2f} ({args.num_samples} samples; "
+           "'>N' = not reached by the last intermediate evaluation)", "",
+           "| arm | per seed | mean of reached |", "|---|---|---|"]
+  results["steps_to_target"] = {"target_fid": target, "arms": {}}
+  for arm in args.arms:
+    per_seed = []
+    for name, r in sorted(results["runs"].items()):
+      if r["arm"] != arm:
+        continue
+      hit = next((s for s in inter if r["fid"].get(str(s), np.inf) <= target), None)
+      per_seed.append(hit)
+    results["steps_to_target"]["arms"][arm] = per_seed
+    reached = [h for h in per_seed if h is not None]
+    cells = ", ".join(str(h) if h is not None else f">{inter[-1]}" for h in per_seed)
+    mean = f"{np.mean(reached):.0f} ({len(reached)}/{len(per_seed)})" if reached else "-"
+    lines.append(f"| {arm} | {cells} | {mean} |")
+  with open(os.path.join(args.out, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  return "\n".join(lines)
 
 
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--root", default="/tmp/cur_exp")
+  p.add_argument("--recipe", default="digits_curriculum", help="configs/<recipe>.py")
+  p.add_argument("--out", default=HERE, help="where results.json/.md and the plot go")
+  p.add_argument("--num_clusters", type=int, default=20)
+  p.add_argument("--monitor", default="batch", help="curriculum.monitor of the patience arm")
   p.add_argument("--arms", nargs="+", default=list(ARMS))
   p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
   p.add_argument("--steps", type=int, default=1000)
@@ -220,9 +274,12 @@ def main():
   p.add_argument("--final_samples", type=int, default=1024,
                  help="samples for the FID at the last step (summary.json's quality figure)")
   p.add_argument("--window", type=int, default=5)
-  p.add_argument("--tau", type=int, default=1)
-  p.add_argument("--cap", type=int, default=20)
+  p.add_argument("--tau", type=int, default=5, help="patience, in iterations")
+  p.add_argument("--cap", type=int, default=20, help="steps per stage at most; 0: no cap")
   p.add_argument("--steps_per_stage", type=int, default=18)
+  p.add_argument("--target_fid", type=float, default=None,
+                 help="quality for the steps-to-reach table (default: uniform's last "
+                      "intermediate mean)")
   p.add_argument("--report_only", action="store_true")
   args = p.parse_args()
   if not args.report_only:

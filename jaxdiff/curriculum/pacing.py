@@ -2,7 +2,7 @@
 
 Kim, Go, Kwon, Kim (arXiv 2403.10348, ICLR 2025); docs/curriculum.md#pacing.
 The paper advances a stage when the training loss of the current stage stops
-improving within a maximum patience tau (secondary); it contrasts this with fixed
+improving within a maximum patience of tau iterations (secondary); it contrasts this with fixed
 equal-length stages. Both are here, plus a constant pacer for "curriculum
 off".
 
@@ -15,6 +15,7 @@ continues exactly as an uninterrupted one. Use it like this:
       mask = mask_for_stage(config.curriculum, pacer.stage)  # static tuple
       loss = train_step[mask](...)           # one compiled step per mask
       pacer.observe(step, loss)              # stage for step + 1
+                                             # (loss: the monitored one, runtime.py)
 
 `pacer.stage` is always the stage to train the *next* step with.
 
@@ -69,8 +70,9 @@ class Pacer:
     self._last_step = step
     return step
 
-  def observe(self, step: int, loss_value) -> int:
-    """Records the loss of training step `step`; returns the next stage."""
+  def observe(self, step: int, loss_value, weight: float = 1.0) -> int:
+    """Records the loss of training step `step` (a mean over `weight` examples); returns
+    the next stage."""
     raise NotImplementedError
 
   def _state(self) -> Dict[str, Any]:
@@ -128,9 +130,10 @@ class Pacer:
                        f"{sorted(_PACER_CLASSES)}.")
     if cls is not Pacer and pacer_cls is not cls:
       raise ValueError(f"state is for a {d['kind']!r} pacer, not {cls.kind!r}.")
-    pacer = pacer_cls(**{
-        k: d[k] for k in pacer_cls.HYPERPARAMETERS
-    })
+    if missing := [k for k in pacer_cls.HYPERPARAMETERS if k not in d]:
+      raise ValueError(f"the saved {d['kind']!r} pacer state lacks {missing} (saved by an "
+                       "older jaxdiff?).")
+    pacer = pacer_cls(**{k: d[k] for k in pacer_cls.HYPERPARAMETERS})
     return pacer.load_state_dict(d)
 
   def __repr__(self) -> str:
@@ -148,7 +151,7 @@ class ConstantPacer(Pacer):
     super().__init__(num_clusters)
     self._stage = self.num_clusters
 
-  def observe(self, step: int, loss_value=None) -> int:
+  def observe(self, step: int, loss_value=None, weight: float = 1.0) -> int:
     self._check_step(step)
     return self._stage
 
@@ -177,85 +180,116 @@ class FixedPacer(Pacer):
     """The stage training step `step` (counted from 0) uses."""
     return min(self.num_clusters, 1 + operator.index(step) // self.steps_per_stage)
 
-  def observe(self, step: int, loss_value=None) -> int:
+  def observe(self, step: int, loss_value=None, weight: float = 1.0) -> int:
     step = self._check_step(step)
     self._stage = self.stage_at(step + 1)
     return self._stage
 
 
 class PatiencePacer(Pacer):
-  """The paper's adaptive pacing: advance when the stage's loss plateaus.
+  """The paper's adaptive pacing: advance when the stage's loss stops improving.
 
-  docs/curriculum.md#method / 6.3. Each observed per-step loss joins a window; when the window
-  holds `window` losses its mean L is checked against the stage's best L*:
+  docs/curriculum.md#pacing. The paper's rule: "transitions to the next curriculum
+  stage when the current training loss converges within a maximum patience
+  iteration" tau. Patience is counted in training iterations, as the paper does;
+  the loss is checked every `window` iterations (window = 1: every iteration):
     L < L* - delta  -> improving: L* = L, patience = 0;
-    otherwise       -> patience += 1.
-  The stage advances on the (tau + 1)-th consecutive non-improving check
-  (patience > tau), or as soon as `cap` steps were spent in the stage, which
-  ever comes first. On advancing: L* = inf, patience = 0, the window and the
-  step count restart. The first check of a stage always improves (L* = inf),
-  so a constant loss advances after exactly tau + 2 windows. At the last
-  stage nothing changes any more.
+    otherwise       -> patience += window (the iterations since the last check).
+  The stage advances once patience > tau, or, if a `cap` is set, as soon as `cap`
+  steps were spent in the stage, whichever comes first. On advancing: L* = inf,
+  patience = 0, the window, the smoothing and the step count restart. The first
+  check of a stage always improves (L* = inf), so a constant loss advances after
+  floor(tau / window) + 2 windows. At the last stage nothing changes any more.
 
-  Non-finite losses (NaN, inf) are counted, not summed, so the state stays
-  valid JSON; a window holding any is a non-improving check.
+  L is the mean of the window's losses, each weighted by `weight` (the number of
+  examples behind it: 1 for the whole-batch loss, the count of the newest cluster's
+  examples when only those are monitored, docs/curriculum.md#pacing); with
+  `smoothing` s > 0 it is then smoothed, L_s = s L_s + (1 - s) L (the reimplementation
+  the spec cites checks an EMA of 0.99 every iteration with tau = 200).
+  Non-finite losses (NaN, inf) are counted, not summed, so the state stays valid
+  JSON; a window holding any, or no weight at all, is a non-improving check.
   """
 
   kind = "patience"
-  HYPERPARAMETERS = ("num_clusters", "window", "tau", "delta", "cap")
+  HYPERPARAMETERS = ("num_clusters", "window", "tau", "delta", "cap", "smoothing")
+  # Saved with the hyperparameters: a state whose tau counted windows (jaxdiff before
+  # 2026-12-05) is refused on resume instead of being read in the wrong unit.
+  PATIENCE_UNIT = "iterations"
 
   def __init__(self,
                num_clusters: int,
                window: int,
                tau: int,
                delta: float = 0.0,
-               cap: Optional[int] = None):
+               cap: Optional[int] = None,
+               smoothing: float = 0.0):
     super().__init__(num_clusters)
     self.window = operator.index(window)
     self.tau = operator.index(tau)
     self.delta = float(delta)
     self.cap = None if cap is None else operator.index(cap)
+    self.smoothing = float(smoothing)
     if self.window < 1:
       raise ValueError(f"window must be >= 1, got {window}.")
     if self.tau < 0:
-      raise ValueError(f"tau must be >= 0, got {tau}.")
+      raise ValueError(f"tau must be >= 0 iterations, got {tau}.")
     if not 0.0 <= self.delta < math.inf:
       raise ValueError(f"delta must be finite and >= 0, got {delta}.")
     if self.cap is not None and self.cap < 1:
       raise ValueError(f"cap must be >= 1 or None, got {cap}.")
+    if not 0.0 <= self.smoothing < 1.0:
+      raise ValueError(f"smoothing must be in [0, 1), got {smoothing}.")
     self._reset_stage()
 
   def _reset_stage(self) -> None:
     self.best = math.inf
     self.patience = 0
+    self.smoothed: Optional[float] = None
     self.window_sum = 0.0
+    self.window_weight = 0.0
     self.window_count = 0
     self.window_nonfinite = 0
     self.steps_in_stage = 0
 
   def _hyperparameters(self):
     return {**super()._hyperparameters(), "window": self.window,
-            "tau": self.tau, "delta": self.delta, "cap": self.cap}
+            "tau": self.tau, "delta": self.delta, "cap": self.cap,
+            "smoothing": self.smoothing, "patience_unit": self.PATIENCE_UNIT}
 
-  def observe(self, step: int, loss_value) -> int:
+  def _accumulate(self, loss_value, weight) -> None:
+    loss_value, weight = float(loss_value), float(weight)
+    if weight > 0:
+      if math.isfinite(loss_value):
+        self.window_sum += loss_value * weight
+        self.window_weight += weight
+      else:
+        self.window_nonfinite += 1
+    self.window_count += 1
+    self.steps_in_stage += 1
+
+  def _check(self) -> None:
+    """Closes a full window: one improving or non-improving check."""
+    valid = self.window_nonfinite == 0 and self.window_weight > 0
+    mean = self.window_sum / self.window_weight if valid else math.nan
+    self.window_sum, self.window_weight = 0.0, 0.0
+    self.window_count, self.window_nonfinite = 0, 0
+    if valid and self.smoothing > 0:
+      self.smoothed = mean if self.smoothed is None else (
+          self.smoothing * self.smoothed + (1.0 - self.smoothing) * mean)
+      mean = self.smoothed
+    if valid and mean < self.best - self.delta:
+      self.best, self.patience = mean, 0
+    else:
+      self.patience += self.window
+
+  def observe(self, step: int, loss_value, weight: float = 1.0) -> int:
+    """Records step `step`'s monitored loss, the mean over `weight` examples."""
     self._check_step(step)
     if self.finished:
       return self._stage
-    loss_value = float(loss_value)
-    if math.isfinite(loss_value):
-      self.window_sum += loss_value
-    else:
-      self.window_nonfinite += 1
-    self.window_count += 1
-    self.steps_in_stage += 1
+    self._accumulate(loss_value, weight)
     if self.window_count == self.window:
-      mean = self.window_sum / self.window_count
-      finite = self.window_nonfinite == 0
-      self.window_sum, self.window_count, self.window_nonfinite = 0.0, 0, 0
-      if finite and mean < self.best - self.delta:
-        self.best, self.patience = mean, 0
-      else:
-        self.patience += 1
+      self._check()
     if self.patience > self.tau or (self.cap is not None and
                                     self.steps_in_stage >= self.cap):
       self._stage += 1
@@ -267,7 +301,9 @@ class PatiencePacer(Pacer):
     return {
         "best": None if math.isinf(self.best) else self.best,
         "patience": self.patience,
+        "smoothed": self.smoothed,
         "window_sum": self.window_sum,
+        "window_weight": self.window_weight,
         "window_count": self.window_count,
         "window_nonfinite": self.window_nonfinite,
         "steps_in_stage": self.steps_in_stage,
@@ -276,7 +312,11 @@ class PatiencePacer(Pacer):
   def _load_state(self, d):
     self.best = math.inf if d["best"] is None else float(d["best"])
     self.patience = operator.index(d["patience"])
+    # .get: a state of an older jaxdiff, accepted with strict=False, had neither.
+    smoothed = d.get("smoothed")
+    self.smoothed = None if smoothed is None else float(smoothed)
     self.window_sum = float(d["window_sum"])
+    self.window_weight = float(d.get("window_weight", d["window_count"]))
     self.window_count = operator.index(d["window_count"])
     self.window_nonfinite = operator.index(d["window_nonfinite"])
     self.steps_in_stage = operator.index(d["steps_in_stage"])
@@ -300,4 +340,4 @@ def make_pacer(cfg) -> Pacer:
   if cfg.pacing == "fixed":
     return FixedPacer(cfg.num_clusters, cfg.steps_per_stage)
   return PatiencePacer(cfg.num_clusters, cfg.window, cfg.tau, cfg.delta,
-                       cfg.cap)
+                       cfg.cap, cfg.smoothing)

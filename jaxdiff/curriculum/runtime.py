@@ -8,7 +8,9 @@ stage trains.
 Pacing decisions are identical on every host without any extra communication:
 the patience rule observes the jitted step's `loss`, which is the mean over the
 *global* batch (the batch is one sharded global array and the metrics come out
-replicated), so every process reads the same float and makes the same decision;
+replicated), or with `monitor="newest_cluster"` the step's `loss_newest_cluster` and
+its example count (equally global), so every process reads the same floats and makes
+the same decision;
 the fixed rule is a function of the step only. The pacer's state is saved in
 the checkpoint's host JSON, so a resumed run continues in the same stage with
 the same patience counters.
@@ -85,9 +87,10 @@ class Curriculum:
     last = self.num_stages if self.config.precompile == "all" else self.stage + 1
     return [self.mask(s) for s in range(self.stage + 1, min(last, self.num_stages) + 1)]
 
-  def observe(self, step: int, loss: float | None) -> None:
+  def observe(self, step: int, loss: float | None, weight: float = 1.0) -> None:
+    """Step `step`'s monitored loss (the mean over `weight` examples) for the pacer."""
     if self.enabled:
-      self.pacer.observe(step, loss)
+      self.pacer.observe(step, loss, weight)
 
   @property
   def needs_loss(self) -> bool:

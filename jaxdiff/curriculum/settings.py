@@ -6,10 +6,17 @@ on the training loss" is open, docs/curriculum.md#open-points):
   num_clusters = 20           secondary (a quote of the paper)
   kind = "lognormal"          EDM quantiles; the exact rule is unverified
   pacing = "patience"         secondary
-  window = 100 steps          unverified (100-1000 is a reasonable range)
-  tau = 5 windows             unverified
+  tau = 500 iterations        the paper's "maximum patience iteration"; its value
+                              is unverified (a reimplementation uses 200)
+  window = 100 steps          unverified: how often the loss is checked (1: every
+                              iteration, the mean of the last `window` losses)
+  smoothing = 0.0             unverified: EMA of the checked loss (0: none; the
+                              reimplementation: 0.99 with window 1)
+  monitor = "batch"           which training loss: the whole batch (every active
+                              cluster) or "newest_cluster" (the cluster this stage
+                              added); the paper says "the current training loss"
   delta = 0.0                 unverified
-  cap = 2000 steps per stage  unverified; a safety valve, not in the paper
+  cap = None                  no cap: an option (steps per stage), not in the paper
   steps_per_stage = 500       unverified; fixed-pacing baseline only
   order = "easy_to_hard"      secondary (the paper's Fig. 3); the others are ablations
   precompile = "next"         ours: compile stage n+1's step in a background
@@ -29,6 +36,7 @@ from jaxdiff.curriculum.clusters import KINDS, ORDERS, stage_mask
 from jaxdiff.errors import ConfigError
 
 PACINGS = ("fixed", "patience")
+MONITORS = ("batch", "newest_cluster")
 PRECOMPILE = ("none", "next", "all")
 
 
@@ -67,9 +75,11 @@ def default_curriculum_config() -> ml_collections.ConfigDict:
           pacing="patience",
           steps_per_stage=500,
           window=100,
-          tau=5,
+          tau=500,
+          smoothing=0.0,
+          monitor="batch",
           delta=0.0,
-          cap=2000,
+          cap=None,
           order="easy_to_hard",
           seed=0,
           precompile="next",
@@ -106,14 +116,16 @@ def validate_curriculum_config(cfg) -> None:
   if not isinstance(cfg.enabled, bool):
     fail("enabled", "True or False")
   for key, allowed in (("kind", KINDS), ("pacing", PACINGS),
-                       ("order", ORDERS)):
+                       ("order", ORDERS), ("monitor", MONITORS)):
     if cfg[key] not in allowed:
       fail(key, " | ".join(repr(a) for a in allowed))
   for key in ("num_clusters", "steps_per_stage", "window"):
     if not _is_int(cfg[key]) or cfg[key] < 1:
       fail(key, "an int >= 1")
   if not _is_int(cfg.tau) or cfg.tau < 0:
-    fail("tau", "an int >= 0 (the number of non-improving checks tolerated)")
+    fail("tau", "an int >= 0 (iterations without improvement tolerated)")
+  if not _is_number(cfg.smoothing) or not 0 <= cfg.smoothing < 1:
+    fail("smoothing", "a number in [0, 1) (0: no smoothing)")
   if not _is_number(cfg.delta) or not 0 <= cfg.delta < math.inf:
     fail("delta", "a finite number >= 0")
   if cfg.cap is not None and (not _is_int(cfg.cap) or cfg.cap < 1):
@@ -152,3 +164,20 @@ def validate_study_config(study) -> None:
 def mask_for_stage(cfg, stage: int):
   """The static mask of `stage` under the config's order and seed."""
   return stage_mask(stage, cfg.num_clusters, order=cfg.order, seed=cfg.seed)
+
+
+def monitored_mask(cfg, stage_key):
+  """The clusters whose loss the patience rule watches in the stage keyed `stage_key`.
+
+  None means the whole batch (`monitor="batch"`, or no curriculum). For
+  "newest_cluster", the cluster the stage added to the previous stage's mask; the
+  stage is recovered from its mask (stage n enables n clusters), so the step compiled
+  for a mask knows what to report without another static key.
+  """
+  if stage_key is None or cfg.monitor == "batch":
+    return None
+  stage = sum(stage_key)
+  if stage <= 1:
+    return None  # one cluster: the newest is the whole batch
+  previous = mask_for_stage(cfg, stage - 1)
+  return tuple(now and not before for now, before in zip(stage_key, previous))

@@ -16,6 +16,7 @@ import numpy as np
 
 from jaxdiff import config as config_lib
 from jaxdiff import models, objectives, optim, parallel
+from jaxdiff.curriculum import settings as curriculum_settings
 from jaxdiff.curriculum.runtime import Curriculum
 from jaxdiff.data import pipeline
 from jaxdiff.errors import ConfigError
@@ -59,7 +60,7 @@ class Experiment:
     def build(key):
       stage, variant = compile_lib.split_key(key)
       return step_lib.make_train_step(self.objective_for(stage), self.tx, config, edges,
-                                      variant=variant)
+                                      variant=variant, monitored=self.monitored_sampler(stage))
     self.compiler = compile_lib.StepCompiler(build, self.mesh, self.state_sharding,
                                              self.abstract_state, self.abstract_batch)
 
@@ -99,6 +100,13 @@ class Experiment:
   def all_step_keys(self, stage_keys) -> list:
     """Every compile key of `stage_keys`: each stage times each update variant."""
     return [compile_lib.step_key(k, v) for k in stage_keys for v in self.objective.step_variants]
+
+  def monitored_sampler(self, stage_key):
+    """The noise clusters the curriculum's patience rule watches in a stage (None: all)."""
+    if not self.config.curriculum.enabled:
+      return None
+    mask = curriculum_settings.monitored_mask(self.config.curriculum, stage_key)
+    return None if mask is None else self.noise_sampler.restrict(mask)
 
   def objective_for(self, stage_key) -> base.Objective:
     """The objective with the noise sampler of a curriculum stage (None: no curriculum)."""

@@ -195,8 +195,8 @@ class Trainer:
 
   def host_scalars(self, metrics: dict) -> dict:
     """The values the host decides on, in one transfer."""
-    return jax.device_get({"loss": metrics["loss"],
-                           "nonfinite_streak": metrics["nonfinite_streak"]})
+    keys = ("loss", "nonfinite_streak", "loss_newest_cluster", "newest_cluster_count")
+    return jax.device_get({k: metrics[k] for k in keys if k in metrics})
 
   def observe(self, step: int, metrics: dict, pacer=None) -> None:
     """The host's decisions on step `step`'s metrics: the patience rule, the non-finite guard."""
@@ -209,7 +209,11 @@ class Trainer:
           "config.optim.lr, enable config.optim.grad_clip or check the data.")
     cur = pacer or self.curriculum
     if cur.enabled and cur.needs_loss:
-      cur.observe(step, float(values["loss"]))
+      if "newest_cluster_count" in values:  # curriculum.monitor = "newest_cluster"
+        cur.observe(step, float(values["loss_newest_cluster"]),
+                    float(values["newest_cluster_count"]))
+      else:
+        cur.observe(step, float(values["loss"]))
 
   def log(self, trained_stage: int) -> None:
     cur, step = self.curriculum, self.step

@@ -68,9 +68,24 @@ def bucket_metrics(per_sample_loss, sigma, edges: np.ndarray) -> dict[str, jax.A
   return out
 
 
+def monitored_metrics(per_sample_loss, sigma, monitored: base.NoiseSampler):
+  """The loss over the examples whose noise levels lie in `monitored`'s enabled clusters
+  (the curriculum's newest cluster), and how many there were: what the patience rule
+  watches with `curriculum.monitor="newest_cluster"` (docs/curriculum.md#pacing)."""
+  inside = monitored.in_enabled_clusters(sigma).astype(per_sample_loss.dtype)
+  count = jnp.sum(inside)
+  mean = jnp.sum(per_sample_loss * inside) / jnp.maximum(count, 1.0)
+  return {"loss_newest_cluster": mean, "newest_cluster_count": count}
+
+
 def make_train_step(objective: base.Objective, tx: optax.GradientTransformation, config,
-                    bucket_edges: np.ndarray | None = None, variant=None):
-  """The pure update: (state, batch) -> (state, metrics); `variant` is static."""
+                    bucket_edges: np.ndarray | None = None, variant=None,
+                    monitored: base.NoiseSampler | None = None):
+  """The pure update: (state, batch) -> (state, metrics); `variant` is static.
+
+  `monitored`: the noise sampler restricted to the clusters whose loss the curriculum's
+  patience rule watches, or None (it watches `loss`, the whole batch).
+  """
   batch_size = config.data.batch_size
   policy = config.optim.nonfinite
   rng_impl = config.rng_impl
@@ -124,6 +139,8 @@ def make_train_step(objective: base.Objective, tx: optax.GradientTransformation,
     out.update(aux_metrics)
     if bucket_edges is not None and per_sample is not None and sigma is not None:
       out.update(bucket_metrics(per_sample, sigma, bucket_edges))
+    if monitored is not None and per_sample is not None and sigma is not None:
+      out.update(monitored_metrics(per_sample, sigma, monitored))
     return new, out
 
   return train_step
