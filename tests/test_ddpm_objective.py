@@ -89,3 +89,16 @@ def test_bad_ddpm_settings_are_named():
   c.curriculum.enabled, c.curriculum.kind = True, "snr"
   with pytest.raises(config_lib.ConfigError, match="curriculum.kind='snr'"):
     config_lib.validate(c) or __import__("jaxdiff.train.experiment").train.experiment.Experiment(c)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "snr", "logsnr"])
+def test_stage_sampler_first_used_inside_jit(kind):
+  """The clusters of a stage are host constants even when first computed inside a trace
+  (a curriculum run's first restricted step; found by the digits DDPM experiment)."""
+  from jaxdiff.objectives import ddpm as ddpm_objective
+  ddpm_objective._cluster_of_timestep.cache_clear()
+  mask = (False,) * 10 + (True,) * 10
+  sampler = ddpm_objective.DiscreteTimeSampler(kind=kind).restrict(mask)
+  t = jax.jit(lambda k: sampler(k, (256,)))(jax.random.PRNGKey(0))
+  inside = jax.jit(sampler.in_enabled_clusters)(t)
+  assert bool(np.all(np.asarray(inside)))

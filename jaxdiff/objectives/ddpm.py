@@ -42,9 +42,12 @@ DISCRETE_KINDS = ("uniform", "snr", "logsnr")
 @functools.lru_cache(maxsize=32)
 def _cluster_of_timestep(num_timesteps: int, schedule: str, kind: str, num_clusters: int):
   """[T] the cluster of every timestep (ANT's clustering runs once per setting)."""
-  betas = ddpm.ddpm_betas(num_timesteps, schedule)
-  edges = np.asarray(clusters.cluster_edges(num_clusters, kind, num_timesteps=num_timesteps,
-                                            betas=betas))
+  # Host constants even when first asked inside a jit trace (the train step's sampler):
+  # without this, JAX would stage the edge computation and the numpy below would fail.
+  with jax.ensure_compile_time_eval():
+    betas = ddpm.ddpm_betas(num_timesteps, schedule)
+    edges = np.asarray(clusters.cluster_edges(num_clusters, kind, num_timesteps=num_timesteps,
+                                              betas=betas))
   return np.searchsorted(edges, np.arange(num_timesteps), side="right")
 
 
@@ -59,13 +62,35 @@ class DiscreteTimeSampler:
   cluster_kinds = DISCRETE_KINDS
   description = ("DDPM's integer timesteps t ~ U{0..T-1}, whose curriculum clusters are "
                  "contiguous timestep intervals (equal width, or ANT's SNR clusters)")
+  units = "timestep"
+  log_units = False
 
   @property
   def restricted(self) -> bool:
     return self.mask is not None and not all(self.mask)
 
-  def cluster_of_timestep(self) -> np.ndarray:
-    return _cluster_of_timestep(self.num_timesteps, self.schedule, self.kind, len(self.mask))
+  def cluster_of_timestep(self, num_clusters: int | None = None) -> np.ndarray:
+    """[T] the cluster of every timestep, for `num_clusters` (default: the mask's)."""
+    n = len(self.mask) if num_clusters is None else int(num_clusters)
+    return _cluster_of_timestep(self.num_timesteps, self.schedule, self.kind, n)
+
+  def _cluster_timesteps(self, num_clusters):
+    of = self.cluster_of_timestep(num_clusters)
+    out = [np.flatnonzero(of == i) for i in range(int(num_clusters))]
+    if empty := [i for i, ts in enumerate(out) if not len(ts)]:
+      raise ValueError(f"{num_clusters} {self.kind!r} clusters of {self.num_timesteps} "
+                       f"timesteps leave clusters {empty} empty; use fewer clusters.")
+    return out
+
+  def probe_levels(self, num_clusters, per_cluster):
+    """[N, M] integer timesteps spread evenly over each cluster's interval (the timestep at
+    relative position (m + 0.5) / M; repeated where a cluster has fewer than M)."""
+    m = (np.arange(int(per_cluster)) + 0.5) / per_cluster
+    return np.stack([ts[np.floor(m * len(ts)).astype(np.int64)]
+                     for ts in self._cluster_timesteps(num_clusters)])
+
+  def cluster_ranges(self, num_clusters):
+    return [(int(ts[0]), int(ts[-1]) + 1) for ts in self._cluster_timesteps(num_clusters)]
 
   def allowed(self) -> np.ndarray:
     if not self.restricted:
@@ -151,6 +176,16 @@ class DDPM(base.Objective):
                                       learn_sigma=self.learn_sigma)
     per_sample = terms["loss"]
     return jnp.mean(per_sample), {"per_sample_loss": per_sample, "sigma": t.astype(x0.dtype)}
+
+  def probe_loss(self, params, x0, noise, level, labels=None):
+    """The simple loss at given eps = `noise` and timestep t = `level` [B]: the per-example
+    mean over pixels of (eps_theta(x_t, t) - eps)^2 (with learned sigma, the eps part of
+    the output only: the MSE term of the hybrid loss; the contract in base.py)."""
+    t = jnp.asarray(level).astype(jnp.int32)
+    x_t = ddpm.q_sample(self.schedule, x0, t, noise)
+    out = self.model_output(params, x_t, t, labels)
+    return ddpm_loss.training_losses(self.schedule, out, x0, x_t, t, noise,
+                                     learn_sigma=self.learn_sigma)["mse"]
 
   def denoise_fn(self, params, labels=None):
     """(x_t, t) -> model output, eps guided when guidance_scale != 1 and labels are given."""
