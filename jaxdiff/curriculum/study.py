@@ -19,13 +19,17 @@ markdown), PNG plots and a summary into `DIR/analysis/`:
       dataset (reference set = the real data, mixture densities by
       logsumexp; `analysis.marginal_kl_mc`), in float64.
   (2) convergence.csv / convergence.md / convergence.png: one model (the
-      recipe's network and EDM loss, curriculum off) trained on all noise
+      recipe's network and objective, curriculum off) trained on all noise
       levels for `curriculum.study.num_steps` steps; every `eval_every` steps
-      the EDM-weighted loss of each of the N lognormal-quantile clusters is
-      measured on a fixed probe set (held-out clean examples x fixed noise x
-      fixed sigma per cluster). Reported: iterations until a cluster's
-      (smoothed) probe loss is within (1 + eps) of its final value, first
-      reached ("first") and for good ("stay").
+      the objective's `probe_loss` (objectives/base.py) of each of the N
+      clusters of its own noise sampler (`curriculum.kind`: DDPM timesteps,
+      flow t, EDM sigma) is measured on a fixed probe set (held-out clean
+      examples x fixed noise x fixed levels per cluster, `probe_levels`). An
+      objective without `probe_loss` is replaced by EDM for the probe (the
+      command says so). Reported: iterations until a cluster's (smoothed)
+      probe loss is within (1 + eps) of its final value, first reached
+      ("first") and for good ("stay"), with the clusters' ranges in the
+      sampler's units.
 
 Both estimators are ours; the paper's protocol is unverified (docs/curriculum.md).
 The budget lives in `config.curriculum.study` so the study takes minutes on a
@@ -40,9 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff import diffusion
 from jaxdiff.curriculum import analysis
-from jaxdiff.curriculum import clusters
 
 # Fixed seeds of the study's own randomness (probe split, probe noise, KL).
 _PROBE_SPLIT_SEED = 0x5EED
@@ -73,20 +75,23 @@ class _Subset:
 
 
 def split_probe(config, dataset, probe_size: int):
-  """(probe images [M, ...], training dataset) with the probe examples held out."""
+  """(probe images [M, ...], training dataset, probe labels [M] or None) with the probe
+  examples held out."""
   if dataset is None:  # toy2d: an infinite stream; a fresh draw is held out.
     from jaxdiff.data import builtin
     probe = builtin.toy2d_sample(config.data.toy2d_distribution, probe_size,
                                  [config.seed, _PROBE_SPLIT_SEED])
-    return np.asarray(probe, np.float32), None
+    return np.asarray(probe, np.float32), None, None
   n = dataset.num_examples
   if probe_size >= n:
     raise ValueError(
         f"curriculum.study.probe_size={probe_size} leaves no training data out of {n} "
         "examples; use a smaller probe_size.")
   order = np.random.default_rng([config.seed, _PROBE_SPLIT_SEED]).permutation(n)
-  probe = dataset.get(np.sort(order[:probe_size]))["image"]
-  return np.asarray(probe, np.float32), _Subset(dataset, np.sort(order[probe_size:]))
+  probe = dataset.get(np.sort(order[:probe_size]))
+  labels = np.asarray(probe["label"]) if "label" in probe else None
+  return (np.asarray(probe["image"], np.float32),
+          _Subset(dataset, np.sort(order[probe_size:])), labels)
 
 
 def _reference_points(config, dataset, count: int) -> np.ndarray:
@@ -182,50 +187,88 @@ def _plot_kl(path, t_all, kl_closed, t_mc, kl_mc, x0_sq):
 # ------------------------------------------------------------------ (2) convergence
 
 
-def probe_set(config, probe_x0: np.ndarray):
-  """Each clean probe example with fixed noise at a fixed noise level of every cluster."""
+def cluster_kind(config, sampler) -> str:
+  """The clustering the study uses: `curriculum.kind` where the sampler has it, else its own
+  first (the sampler an objective builds falls back the same way)."""
+  kind = config.curriculum.kind
+  return kind if kind in sampler.cluster_kinds else sampler.cluster_kinds[0]
+
+
+def probe_set(config, probe_x0: np.ndarray, sampler, probe_labels=None):
+  """Each clean probe example with fixed noise at a fixed noise level of every cluster.
+
+  The levels are the sampler's own (`NoiseSampler.probe_levels`, in its units): for cluster
+  i and example m of M, the m-th of M levels evenly covering cluster i. Returns a dict of
+  `x0` [N*M, ...], `noise` (same shape, N(0, I), fixed seed), `level` [N*M], `cluster`
+  [N*M] (int32), cluster-major, and `label` [N*M, C] one-hot where the data has classes.
+  """
   c = config
-  return analysis.make_probe_set(jax.random.PRNGKey(_PROBE_NOISE_SEED + c.seed),
-                                 jnp.asarray(probe_x0), int(c.curriculum.num_clusters),
-                                 float(c.objective.p_mean), float(c.objective.p_std))
+  n, m = int(c.curriculum.num_clusters), len(probe_x0)
+  x0 = jnp.asarray(probe_x0)
+  dtype = x0.dtype if jnp.issubdtype(x0.dtype, jnp.floating) else jnp.float32
+  tiled = jnp.tile(x0, (n,) + (1,) * (x0.ndim - 1)).astype(dtype)
+  levels = np.asarray(sampler.probe_levels(n, m))
+  if levels.shape != (n, m):
+    raise ValueError(f"{type(sampler).__name__}.probe_levels({n}, {m}) has shape "
+                     f"{levels.shape}, not {(n, m)}.")
+  probe = {
+      "x0": tiled,
+      # The same draw as `analysis.make_probe_set`'s, so EDM's probe set is unchanged.
+      "noise": jax.random.normal(jax.random.PRNGKey(_PROBE_NOISE_SEED + c.seed), tiled.shape,
+                                 dtype),
+      "level": jnp.asarray(levels.reshape(-1), dtype),
+      "cluster": jnp.repeat(jnp.arange(n, dtype=jnp.int32), m),
+  }
+  if probe_labels is not None and int(c.data.num_classes):
+    probe["label"] = jax.nn.one_hot(jnp.tile(jnp.asarray(probe_labels), n),
+                                    int(c.data.num_classes), dtype=dtype)
+  return probe
 
 
-def probe_loss_fn(apply_fn, sigma_data: float, num_clusters: int):
-  """Jitted (params, probe set) -> EDM-weighted denoising loss per cluster [N]."""
+def probe_loss_fn(objective, num_clusters: int):
+  """Jitted (params, probe set) -> the objective's `probe_loss` averaged per cluster [N]."""
+  if getattr(objective, "probe_loss", None) is None:
+    raise ValueError(f"objective {objective.name!r} has no probe_loss (objectives/base.py).")
 
   @jax.jit
   def probe_losses(params, probe):
-    def per_example(x0, noise, sigma):
-      x = x0 + sigma.reshape((-1,) + (1,) * (x0.ndim - 1)) * noise
-      denoised = diffusion.denoise(apply_fn, params, x, sigma, sigma_data=sigma_data)
-      weight = diffusion.edm_loss_weight(sigma, sigma_data)
-      return weight * jnp.sum((denoised - x0).reshape(x0.shape[0], -1)**2, axis=1)
-    return analysis.per_cluster_probe_losses(per_example, probe, num_clusters)
+    losses = objective.probe_loss(params, probe["x0"], probe["noise"], probe["level"],
+                                  probe.get("label"))
+    means, _ = analysis.per_cluster_mean(losses, probe["cluster"], num_clusters)
+    return means
   return probe_losses
 
 
-def convergence_report(config, eval_steps, curves, num_probe: int, out_dir: str) -> dict:
-  """Tables, plot and summary of the per-cluster probe curves [N clusters, K evaluations]."""
+def convergence_report(config, eval_steps, curves, num_probe: int, out_dir: str,
+                       sampler=None) -> dict:
+  """Tables, plot and summary of the per-cluster probe curves [N clusters, K evaluations].
+
+  `sampler` is the probe objective's noise sampler (default: the config objective's); the
+  cluster ranges are its own (`NoiseSampler.cluster_ranges`), in its `units`.
+  """
   c = config
   s = c.curriculum.study
   n_clusters = int(c.curriculum.num_clusters)
   num_steps, every = int(s.num_steps), int(s.eval_every)
-  p_mean, p_std = float(c.objective.p_mean), float(c.objective.p_std)
+  if sampler is None:
+    from jaxdiff import objectives
+    sampler = objectives.get(c.objective.name).noise_sampler(c)
+  units, kind = sampler.units, cluster_kind(c, sampler)
   curves = np.stack(curves, axis=1)  # [N, K]
   eval_steps = np.asarray(eval_steps)
   first = np.asarray(analysis.iterations_to_converge(curves, float(s.eps), int(s.smoothing),
                                                      "first"))
   stay = np.asarray(analysis.iterations_to_converge(curves, float(s.eps), int(s.smoothing),
                                                     "stay"))
-  edges = np.asarray(clusters.cluster_edges(n_clusters, "lognormal", p_mean, p_std), np.float64)
-  lo = np.concatenate([[0.0], edges])
-  hi = np.concatenate([edges, [np.inf]])
+  bounds = sampler.cluster_ranges(n_clusters)  # in the sampler's units and number type
+  ranges = np.asarray(bounds, np.float64)  # [N, 2]
+  lo_key, hi_key = f"{units}_lo", f"{units}_hi"
   rows = []
-  for i in range(n_clusters):
+  for i, (lo, hi) in enumerate(bounds):
     rows.append({
         "cluster": i,
-        "sigma_lo": float(lo[i]),
-        "sigma_hi": float(hi[i]),
+        lo_key: lo,
+        hi_key: hi,
         "loss_initial": float(curves[i, 0]),
         "loss_final": float(curves[i, -1]),
         "final_over_initial": float(curves[i, -1] / curves[i, 0]),
@@ -236,29 +279,35 @@ def convergence_report(config, eval_steps, curves, num_probe: int, out_dir: str)
   _write_csv(os.path.join(out_dir, "convergence.csv"), header, rows)
   _write_markdown(
       os.path.join(out_dir, "convergence.md"),
-      f"Per-cluster probe loss (EDM-weighted, raw weights) of one model trained on all noise "
-      f"levels for {num_steps} steps (batch {c.data.batch_size}); {n_clusters} lognormal-"
-      f"quantile clusters (cluster 0 = lowest noise = hardest), {num_probe} held-out "
-      f"probe examples each, evaluated every {every} steps; iterations until the loss "
-      f"(moving average over {s.smoothing} evaluations) is within (1 + {s.eps:g}) of its "
-      "final value: first reached / for good.",
-      ["cluster", "sigma range", "initial loss", "final loss", "final/initial",
+      f"Per-cluster probe loss (the {c.objective.name} objective's training loss at fixed "
+      f"noise, raw weights) of one model trained on all noise levels for {num_steps} steps "
+      f"(batch {c.data.batch_size}); {n_clusters} {kind!r} clusters of its noise levels, in "
+      f"units of {units} (cluster 0 = lowest noise = hardest), {num_probe} held-out probe "
+      f"examples each, evaluated every {every} steps; iterations until the loss (moving "
+      f"average over {s.smoothing} evaluations) is within (1 + {s.eps:g}) of its final "
+      "value: first reached / for good.",
+      ["cluster", f"{units} range", "initial loss", "final loss", "final/initial",
        "iters (first)", "iters (stay)"],
-      [[r["cluster"], f"[{r['sigma_lo']:.3g}, {r['sigma_hi']:.3g})", _fmt(r["loss_initial"]),
+      [[r["cluster"], f"[{r[lo_key]:.4g}, {r[hi_key]:.4g})", _fmt(r["loss_initial"]),
         _fmt(r["loss_final"]), f"{r['final_over_initial']:.3f}", r["iters_first"],
         r["iters_stay"]] for r in rows])
   np.savez_compressed(os.path.join(out_dir, "convergence_curves.npz"), steps=eval_steps,
-                      curves=curves, sigma_edges=edges)
-  _plot_convergence(os.path.join(out_dir, "convergence.png"), eval_steps, curves, rows)
+                      curves=curves, ranges=ranges, units=np.asarray(units))
+  _plot_convergence(os.path.join(out_dir, "convergence.png"), eval_steps, curves, ranges,
+                    rows, units, bool(sampler.log_units))
   quarter = max(1, n_clusters // 4)
   low = float(np.mean([r["iters_stay"] for r in rows[:quarter]]))
   high = float(np.mean([r["iters_stay"] for r in rows[-quarter:]]))
   return {
       "num_steps": num_steps,
+      "objective": c.objective.name,
+      "cluster_kind": kind,
+      "units": units,
       "rows": rows,
       # Claim (i): low-noise clusters converge more slowly.
       "mean_iters_stay_lowest_noise_quarter": low,
       "mean_iters_stay_highest_noise_quarter": high,
+      # (Cluster index, ordered by noise level, against iterations; the name is historical.)
       "spearman_sigma_vs_iters_stay": _spearman(np.arange(n_clusters),
                                                 np.asarray([r["iters_stay"] for r in rows])),
   }
@@ -283,7 +332,7 @@ def _average_ranks(x):
   return ranks
 
 
-def _plot_convergence(path, steps, curves, rows):
+def _plot_convergence(path, steps, curves, ranges, rows, units, log_units):
   from matplotlib import cm
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
@@ -300,11 +349,14 @@ def _plot_convergence(path, steps, curves, rows):
   ax1.set_ylabel("probe loss / final probe loss")
   ax1.set_title("per-cluster convergence (0 = lowest noise)")
   ax1.legend(title="cluster", fontsize=8)
-  mid = np.sqrt(np.asarray([max(r["sigma_lo"], 1e-3) for r in rows]) *
-                np.asarray([min(r["sigma_hi"], 1e3) for r in rows]))
-  ax2.semilogx(mid, [r["iters_first"] for r in rows], "o-", label="first within (1+eps)")
-  ax2.semilogx(mid, [r["iters_stay"] for r in rows], "s--", label="within (1+eps) for good")
-  ax2.set_xlabel("cluster sigma (geometric middle)")
+  if log_units:
+    mid = np.sqrt(np.maximum(ranges[:, 0], 1e-3) * np.minimum(ranges[:, 1], 1e3))
+    plot, where = ax2.semilogx, "geometric middle"
+  else:
+    mid, plot, where = ranges.mean(axis=1), ax2.plot, "middle"
+  plot(mid, [r["iters_first"] for r in rows], "o-", label="first within (1+eps)")
+  plot(mid, [r["iters_stay"] for r in rows], "s--", label="within (1+eps) for good")
+  ax2.set_xlabel(f"cluster {units} ({where})")
   ax2.set_ylabel("iterations")
   ax2.set_title("iterations to converge per cluster")
   ax2.grid(True, which="both", alpha=0.3)

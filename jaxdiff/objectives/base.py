@@ -12,6 +12,12 @@ config code never name a method:
               steps (a teacher EMA, a discriminator), `reference_draws` for extra
               data it needs each step, `step_variants` for static variants of the
               update (one compiled executable each);
+  probing     optional `probe_loss(params, x0, noise, level, labels)`: its own
+              per-example training loss at a given noise and noise level, no
+              randomness (denoising objectives: EDM, DDPM, flow matching). The
+              curriculum's difficulty study (`--mode=analyze`) trains its probe
+              model with an objective that has it and measures it per noise
+              cluster; `probe_loss = None` (the default): the study uses EDM's;
   sampling    `sample(params, latents, labels, key, sample_config)`, the weights it
               samples with (`sampling_params`) and whether it draws noise.
 
@@ -24,6 +30,7 @@ noise clusters (`NoiseSampler.restrict`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Protocol
 
 import jax
@@ -51,11 +58,21 @@ class NoiseSampler(Protocol):
     quantiles(q)     noise levels at probabilities q (float64 numpy; loss buckets);
     in_enabled_clusters(sigma)
                      whether given noise levels fall in enabled clusters (objectives
-                     on a fixed grid of noise levels, CT/iCT/ACT, mask their grid).
+                     on a fixed grid of noise levels, CT/iCT/ACT, mask their grid);
+    probe_levels(num_clusters, per_cluster)
+                     [N, M] noise levels (numpy) evenly covering each of its N
+                     clusters, M per cluster, cluster 0 = lowest noise: the
+                     difficulty study's fixed probe levels;
+    cluster_ranges(num_clusters)
+                     [(lo, hi)] of each cluster, half-open [lo, hi), in `units`;
+    units            the name of its noise levels ("sigma", "t", "timestep"), and
+    log_units        whether they are best shown on a log scale (reports).
   """
   mask: tuple[bool, ...] | None
   cluster_kinds: tuple[str, ...]
   description: str
+  units: str
+  log_units: bool
 
   def __call__(self, key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
     ...
@@ -68,6 +85,20 @@ class NoiseSampler(Protocol):
 
   def in_enabled_clusters(self, sigma: jax.Array) -> jax.Array:
     ...
+
+  def probe_levels(self, num_clusters: int, per_cluster: int) -> np.ndarray:
+    ...
+
+  def cluster_ranges(self, num_clusters: int) -> list[tuple[float, float]]:
+    ...
+
+
+def probe_quantiles(num_clusters: int, per_cluster: int) -> np.ndarray:
+  """[N, M] float64 probabilities (i + (m + 0.5) / M) / N: M evenly inside each of N
+  equal-probability clusters (the probe levels of samplers uniform in some variable)."""
+  i = np.arange(num_clusters, dtype=np.float64)[:, None]
+  m = np.arange(per_cluster, dtype=np.float64)[None, :]
+  return (i + (m + 0.5) / per_cluster) / num_clusters
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +119,8 @@ class LognormalSampler:
   description = ("EDM's continuous lognormal sampler (config.objective.p_mean/p_std), whose "
                  "curriculum clusters are its equal-probability quantiles, the continuous "
                  "counterpart of uniform timestep intervals (each cluster carries mass 1/N)")
+  units = "sigma"
+  log_units = True
 
   @property
   def restricted(self) -> bool:
@@ -114,6 +147,30 @@ class LognormalSampler:
     from jaxdiff.curriculum import clusters
     edges = clusters.cluster_edges(len(self.mask), "lognormal", self.p_mean, self.p_std)
     return jnp.asarray(self.mask)[clusters.cluster_index(sigma, edges)]
+
+  def probe_levels(self, num_clusters, per_cluster):
+    """sigma at the quantiles (i + (m + 0.5) / M) / N, computed in float32 exactly as
+    `curriculum.analysis.make_probe_set` does (the study's results before the contract)."""
+    flat = _lognormal_probe_levels(int(num_clusters), int(per_cluster), self.p_mean,
+                                   self.p_std)
+    return np.asarray(flat).reshape(int(num_clusters), int(per_cluster))
+
+  def cluster_ranges(self, num_clusters):
+    from jaxdiff.curriculum import clusters
+    edges = np.asarray(clusters.cluster_edges(int(num_clusters), "lognormal", self.p_mean,
+                                              self.p_std), np.float64)
+    lo, hi = np.concatenate([[0.0], edges]), np.concatenate([edges, [np.inf]])
+    return [(float(a), float(b)) for a, b in zip(lo, hi)]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _lognormal_probe_levels(num_clusters, per_cluster, p_mean, p_std):
+  from jaxdiff.diffusion.noise import lognormal_quantile
+  dtype = jnp.float32
+  cluster = jnp.repeat(jnp.arange(num_clusters, dtype=jnp.int32), per_cluster)
+  within = (jnp.tile(jnp.arange(per_cluster), num_clusters) + 0.5) / per_cluster
+  quantile = (cluster.astype(dtype) + within.astype(dtype)) / num_clusters
+  return lognormal_quantile(quantile, p_mean, p_std).astype(dtype)  # flat, as analysis's
 
 
 # ------------------------------------------------------------------ the network
@@ -182,6 +239,13 @@ class Objective:
   # trainer may compute it over microbatches (`train.microbatches`); False for
   # objectives whose targets depend on the whole batch (STF's reference set).
   per_example_loss = True
+
+  # The optional probing contract (module docstring): a method
+  # `probe_loss(params, x0, noise, level, labels) -> [B]` where the objective has one.
+  # x0 and noise [B, ...] are given, level [B] is a noise level in its sampler's units
+  # (`NoiseSampler.probe_levels`), labels one-hot [B, C] or None; deterministic (no
+  # dropout, no augmentation). None: the objective cannot be probed this way.
+  probe_loss = None
 
   # Whether `sample` draws fresh noise from its key (then FID runs it per image, so
   # that every image is a function of its own seed).

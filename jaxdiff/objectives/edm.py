@@ -154,6 +154,24 @@ class EDMObjective(base.Objective):
       return jnp.mean(objective), metrics
     return jnp.mean(per_sample), metrics
 
+  def probe_loss(self, params, x0, noise, level, labels=None):
+    """The weighted denoising loss at given noise and sigma = `level` [B]: lambda(sigma)
+    ||D(x0 + sigma n; sigma) - x0||^2 summed over pixels (the contract in base.py; with
+    `learned_uncertainty`, the weighted error without the uncertainty terms)."""
+    sigma = jnp.asarray(level, x0.dtype)
+    denoised = self.denoise(params, x0 + base.expand_to(sigma, x0) * noise, sigma, labels)
+    weight = formulations.loss_weight(self.formulation, sigma, self.sigma_data)
+    # Squared after the reshape, as the study's EDM probe always was: the same program, so
+    # the same float32 values (the order of these ops moves results by an ulp).
+    return weight * jnp.sum((denoised - x0).reshape(x0.shape[0], -1) ** 2, axis=1)
+
+  def __init_subclass__(cls, **kwargs):
+    # A method that regresses onto another target (STF's reference-batch average) does not
+    # train with `probe_loss`'s loss: it has none unless it defines its own.
+    super().__init_subclass__(**kwargs)
+    if "target" in vars(cls) and "probe_loss" not in vars(cls):
+      cls.probe_loss = None
+
   def denoiser(self, params, class_labels=None):
     """x, sigma -> D(x; sigma), the function EDM's sampler integrates."""
     def fn(x, sigma):

@@ -38,6 +38,8 @@ class UniformTimeSampler(UniformVariableSampler):
   """t ~ U(0, 1); its curriculum clusters are equal intervals of t."""
   description = ("flow matching's uniform time t ~ U(0, 1), whose curriculum clusters are "
                  "equal intervals of t")
+  units = "t"
+  log_units = False
 
   def sigma_of(self, u, xp):
     return u
@@ -97,6 +99,14 @@ class FlowMatching(base.Objective):
     per_sample = jnp.mean(jnp.reshape((v - (eps - x0)) ** 2, (x0.shape[0], -1)), axis=1)
     # "sigma" is what the trainer's loss buckets read: here the time t.
     return jnp.mean(per_sample), {"per_sample_loss": per_sample, "sigma": t}
+
+  def probe_loss(self, params, x0, noise, level, labels=None):
+    """The training loss at given eps = `noise` and time t = `level` [B]: the per-example
+    mean over pixels of (v_theta(x_t, t) - (eps - x0))^2 (the contract in base.py)."""
+    t = jnp.asarray(level, x0.dtype)
+    x_t = (1 - base.expand_to(t, x0)) * x0 + base.expand_to(t, x0) * noise
+    v = self.velocity(params, x_t, t, labels)
+    return jnp.mean(jnp.reshape((v - (noise - x0)) ** 2, (x0.shape[0], -1)), axis=1)
 
   def velocity_fn(self, params, class_labels=None):
     """(x, t) -> v, guided when guidance_scale != 1 and labels are given."""

@@ -40,6 +40,9 @@ class UniformVariableSampler:
   mask: tuple[bool, ...] | None = None
 
   cluster_kinds = ("uniform",)
+  # What sigma_of returns (reports of the difficulty study); flow's time overrides them.
+  units = "sigma"
+  log_units = True
 
   @property
   def restricted(self) -> bool:
@@ -66,6 +69,15 @@ class UniformVariableSampler:
     n = len(self.mask)
     index = jnp.clip(jnp.floor(self.u_of(jnp.asarray(sigma, jnp.float32)) * n), 0, n - 1)
     return jnp.asarray(self.mask)[index.astype(jnp.int32)]
+
+  def probe_levels(self, num_clusters, per_cluster):
+    """sigma_of(u) at u = (i + (m + 0.5) / M) / N: M levels evenly inside each u-interval."""
+    from jaxdiff.objectives.base import probe_quantiles
+    return self.sigma_of(probe_quantiles(int(num_clusters), int(per_cluster)), np)
+
+  def cluster_ranges(self, num_clusters):
+    edges = self.sigma_of(np.arange(int(num_clusters) + 1, dtype=np.float64) / num_clusters, np)
+    return [(float(a), float(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
 @dataclasses.dataclass(frozen=True)
