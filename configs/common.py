@@ -44,6 +44,84 @@ def tfds_images(c, tfds_name: str, image_size: int, batch_size: int, num_classes
   c.data.random_flip = random_flip
 
 
+def imagenet256_latents(c, batch_size: int) -> None:
+  """ImageNet 256x256 in the KL-f8 latent space (DiT, SiT): 32x32x4 latents of the images,
+  encoded once by `prepare_data --encode_with` (docs/latents.md); `data.autoencoder` must
+  name the same weights file, to decode samples. DiT flips horizontally before encoding:
+  the latent dataset holds each image's mirror's moments for that."""
+  c.data.name = "tfds"
+  c.data.tfds_name = "imagenet256_latents"
+  c.data.image_size = 32
+  c.data.channels = 4
+  c.data.num_classes = 1000
+  c.data.batch_size = batch_size
+  c.data.random_flip = True
+  c.data.autoencoder = ""          # --config.data.autoencoder=.../sd-vae-ft-ema/...safetensors
+
+
+def dit_network(c, preset: str, learn_sigma: bool) -> None:
+  """DiT (Peebles & Xie 2023; docs/dit.md) at one of its presets, with its label dropout 0.1
+  (the null class of classifier-free guidance)."""
+  c.model.name = "dit"
+  c.model.dit_preset = preset
+  c.model.learn_sigma = learn_sigma
+  c.model.label_dropout = 0.1
+  c.model.dropout = 0.0
+  c.model.augment_dim = 0
+
+
+def dit_training(c, num_steps: int, every: int) -> None:
+  """DiT's and SiT's optimisation: AdamW, lr 1e-4 constant, no weight decay, no warm-up,
+  global batch 256 (set by the data), EMA decay 0.9999 every step."""
+  c.optim.name = "adamw"
+  c.optim.lr = 1e-4
+  c.optim.b1, c.optim.b2, c.optim.eps = 0.9, 0.999, 1e-8
+  c.optim.weight_decay = 0.0
+  c.optim.warmup_steps = 0
+  c.optim.decay_steps = 0
+  c.optim.grad_clip = 0.0
+  paper_run(c, num_steps, every, ema_decay=0.9999)
+  c.eval.fid_num_samples = 50_000
+  c.eval.fid_batch_size = 256
+
+
+def paper_curriculum(c, kind: str) -> None:
+  """The difficulty curriculum (arXiv 2403.10348) on a recipe: 20 clusters of `kind`, easy
+  (high noise) to hard, patience pacing. tau and its smoothing are not published: these are
+  the reimplementation's (tau = 200 iterations on an EMA 0.99 of the batch loss, checked
+  every iteration; docs/curriculum.md#pacing), with no cap."""
+  cur = c.curriculum
+  cur.enabled = True
+  cur.num_clusters = 20
+  cur.kind = kind
+  cur.order = "easy_to_hard"
+  cur.pacing = "patience"
+  cur.monitor = "batch"
+  cur.window = 1
+  cur.smoothing = 0.99
+  cur.tau = 200
+  cur.delta = 0.0
+  cur.cap = None
+
+
+def smoke_dit(c, num_steps: int = 4) -> None:
+  """`:smoke` of a DiT recipe: the generated 8x8 RGB labelled images in pixel space (no
+  autoencoder file exists here; tests/test_latents.py covers latents) and a 2-block DiT."""
+  synthetic_tfds(c, num_classes=10)
+  c.data.channels = 3
+  c.data.autoencoder = ""
+  c.model.dit_preset = "DiT-S/2"
+  c.model.dit_depth = 2
+  c.model.dit_hidden_size = 32
+  c.model.dit_num_heads = 2
+  few_steps(c, num_steps, log_every=2, ckpt_every=2)
+  few_samples(c)
+  tiny_fid(c)
+  if c.curriculum.enabled:
+    c.curriculum.num_clusters = 2
+    c.curriculum.tau = 0
+
+
 # ------------------------------------------------------------------ networks
 
 def ddpmpp(c, channels: int, channel_mult, num_blocks: int, attn_resolutions, dropout: float,

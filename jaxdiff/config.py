@@ -90,6 +90,9 @@ def _generic_sections(c: ml_collections.ConfigDict) -> None:
   c.data.batch_size = 64         # global batch, over all processes and devices
   c.data.random_flip = False
   c.data.prefetch = 2            # batches prepared ahead in a background thread; 0: off
+  # A latent dataset's autoencoder weights file (the one it was encoded with): samples are
+  # decoded with it for PNGs and FID (jaxdiff/data/latents.py). "" for image data.
+  c.data.autoencoder = ""
 
   _model_section(c)
 

@@ -27,6 +27,10 @@ this is the preprocessing of the CM LSUN-256 baselines ACT compares against.
 `--transform` overrides the default (none | center-crop | adm | celeba) and
 `--resolution` the size; `--name` stores the result under another name.
 
+Latents (DiT's and SiT's setting): `--encode_with=VAE_FILE` then encodes the prepared
+images with a KL autoencoder file the user supplies and writes `NAME_latents`, the
+posterior moments times `--scale_factor` (jaxdiff/data/latents.py, docs/latents.md).
+
 Preparing through tfds' own builders needs TensorFlow (`pip install -e
 ".[prepare]"`); everything else, and all of training, runs without it.
 """
@@ -169,8 +173,32 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
   name = f.name or f.dataset
+  if f.encode_with:
+    name = f.latent_name or f"{name}_latents"
+    try:
+      path = encode(name, f.name or f.dataset, data_dir, f.encode_with, f.scale_factor,
+                    f.latent_flip, f.overwrite)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      sys.exit(2)
   print(f"\nprepared {name} in {path}\ntrain on it with:\n  --config.data.name=tfds "
         f"--config.data.tfds_name={name} --config.data.data_dir={data_dir}", flush=True)
+  if f.encode_with:
+    print(f"  --config.data.autoencoder={os.path.abspath(f.encode_with)}", flush=True)
+
+
+def encode(name: str, source_name: str, data_dir: str, vae_path: str, scale_factor: float,
+           flip: bool, overwrite: bool = False) -> str:
+  """Encodes the prepared image dataset `source_name` into the latent dataset `name`."""
+  from jaxdiff.data import latents, tfds_source
+  if not os.path.exists(vae_path):
+    raise FileNotFoundError(f"--encode_with={vae_path}: no such file; pass the autoencoder "
+                            "weights you downloaded (e.g. diffusion_pytorch_model.safetensors "
+                            "of stabilityai/sd-vae-ft-ema).")
+  source = tfds_source.TfdsImageDataset(builders.dataset_dir(data_dir, source_name),
+                                        with_labels=False)
+  return latents.encode_dataset(data_dir, source, source_name, vae_path, name, scale_factor,
+                                flip=flip, overwrite=overwrite)
 
 
 def _define_flags():
@@ -190,6 +218,13 @@ def _define_flags():
   flags.DEFINE_bool("download", True, "Allow downloading (CIFAR-10 only; others need --source "
                     "or tfds).")
   flags.DEFINE_bool("overwrite", False, "Rebuild even if the dataset exists.")
+  flags.DEFINE_string("encode_with", None, "A KL autoencoder weights file (diffusers "
+                      "safetensors/.bin or CompVis state dict, never downloaded): after preparing "
+                      "the images, also write their latents (docs/latents.md).")
+  flags.DEFINE_string("latent_name", None, "Name of the latent dataset (default NAME_latents).")
+  flags.DEFINE_float("scale_factor", 0.18215, "Latent scale (Stable Diffusion's, as DiT uses).")
+  flags.DEFINE_bool("latent_flip", True, "Also store each image's mirror's moments, so "
+                    "data.random_flip flips before encoding, as DiT does.")
   flags.mark_flag_as_required("dataset")
 
 

@@ -22,7 +22,7 @@ FLOORS = {
     "jaxdiff.console": 1, "jaxdiff.failures": 1, "jaxdiff.liveness": 1, "jaxdiff.weights": 1, "jaxdiff.resize": 1, "jaxdiff.parallel": 1,
     "jaxdiff.visualize": 1, "jaxdiff.diffusion": 1, "jaxdiff.augment": 1, "jaxdiff.sampling": 1,
     "jaxdiff.curriculum": 1, "jaxdiff.curriculum.clusters": 1, "jaxdiff.curriculum.pacing": 1,
-    "jaxdiff.curriculum.analysis": 1, "jaxdiff.curriculum.snr_clusters": 1, "jaxdiff.data.builtin": 1, "jaxdiff.data.catalog": 1,
+    "jaxdiff.curriculum.analysis": 1, "jaxdiff.curriculum.study_plots": 1, "jaxdiff.curriculum.snr_clusters": 1, "jaxdiff.data.builtin": 1, "jaxdiff.data.catalog": 1,
     "jaxdiff.evaluation.frechet": 1, "jaxdiff.evaluation.toy": 1,
     "jaxdiff.models": 2, "jaxdiff.data": 2, "jaxdiff.optim": 2, "jaxdiff.checkpoint": 2, "jaxdiff.lock": 2,
     "jaxdiff.evaluation": 2, "jaxdiff.curriculum.runtime": 2, "jaxdiff.curriculum.study": 2,
@@ -32,6 +32,8 @@ FLOORS = {
     "jaxdiff.train": 5, "jaxdiff.workdir": 5,
     "jaxdiff.commands": 6, "jaxdiff.main": 6, "jaxdiff.prepare_data": 6,
     "jaxdiff.supervisor": 6, "jaxdiff.convert": 6,
+    # A weights reader the latent data path uses (data/latents.py), below the commands.
+    "jaxdiff.convert.autoencoder_kl": 2,
 }
 GENERIC = ("jaxdiff.train", "jaxdiff.sampling", "jaxdiff.checkpoint", "jaxdiff.config",
            "jaxdiff.workdir", "jaxdiff.curriculum.runtime")

@@ -12,7 +12,7 @@ UNet's recorded constructor arguments must be ones jaxdiff's UNet has
 (docs/convert.md#edm2).
 
 Latent-space EDM2 models (img512, with a Stable Diffusion VAE `encoder`) are refused by
-`edm.load_network`: jaxdiff has no VAE yet.
+`edm.load_network`: EDM2's latent normalisation around the autoencoder is not built.
 """
 from __future__ import annotations
 

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.curriculum import analysis
+from jaxdiff.curriculum import study_plots
 
 # Fixed seeds of the study's own randomness (probe split, probe noise, KL).
 _PROBE_SPLIT_SEED = 0x5EED
@@ -150,7 +151,7 @@ def kl_study(config, dataset, out_dir: str) -> dict[str, Any]:
       ["t", "closed form, x0^2 = 0.25", "closed form, data x0^2", "marginal (MC)"],
       [[r["t"], _fmt(r["kl_closed_x0sq_0.25"]), _fmt(r["kl_closed_data"]),
         _fmt(r["kl_marginal_mc"])] for r in rows])
-  _plot_kl(os.path.join(out_dir, "kl.png"), t_all, kl_closed, t_values, kl_mc_dim, x0_sq)
+  study_plots.plot_kl(os.path.join(out_dir, "kl.png"), t_all, kl_closed, t_values, kl_mc_dim, x0_sq)
   closed_decreasing = bool(np.all(np.diff(kl_closed, axis=-1) < 0))
   mc = kl_mc_dim
   return {
@@ -163,25 +164,6 @@ def kl_study(config, dataset, out_dir: str) -> dict[str, Any]:
       "marginal_kl_higher_at_lower_t": bool(np.all(np.diff(mc) < 0)),
       "marginal_kl_first_over_last": float(mc[0] / mc[-1]) if mc[-1] > 0 else float("inf"),
   }
-
-
-def _plot_kl(path, t_all, kl_closed, t_mc, kl_mc, x0_sq):
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-  fig = Figure(figsize=(6, 4))
-  FigureCanvasAgg(fig)
-  ax = fig.add_subplot()
-  ax.loglog(t_all, kl_closed[0], label="closed form, x0² = 0.25")
-  ax.loglog(t_all, kl_closed[1], "--", label=f"closed form, data x0² = {x0_sq:.3f}")
-  positive = kl_mc > 0
-  ax.loglog(t_mc[positive], kl_mc[positive], "o", label="marginal p_{t-1} vs p_t (MC)")
-  ax.set_xlabel("timestep t")
-  ax.set_ylabel("KL per dimension (nats)")
-  ax.set_title("KL between consecutive noisy distributions")
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
 
 
 # ------------------------------------------------------------------ (2) convergence
@@ -239,20 +221,31 @@ def probe_loss_fn(objective, num_clusters: int):
   return probe_losses
 
 
+def _cluster_rows(bounds, lo_key, hi_key, curves, iters_first, iters_stay) -> list[dict]:
+  """One row per cluster: its range, probe losses and iterations to converge."""
+  return [{
+      "cluster": i,
+      lo_key: lo,
+      hi_key: hi,
+      "loss_initial": float(curves[i, 0]),
+      "loss_final": float(curves[i, -1]),
+      "final_over_initial": float(curves[i, -1] / curves[i, 0]),
+      "iters_first": int(iters_first[i]),
+      "iters_stay": int(iters_stay[i]),
+  } for i, (lo, hi) in enumerate(bounds)]
+
+
 def convergence_report(config, eval_steps, curves, num_probe: int, out_dir: str,
-                       sampler=None) -> dict:
+                       sampler) -> dict:
   """Tables, plot and summary of the per-cluster probe curves [N clusters, K evaluations].
 
-  `sampler` is the probe objective's noise sampler (default: the config objective's); the
-  cluster ranges are its own (`NoiseSampler.cluster_ranges`), in its `units`.
+  `sampler` is the probe objective's noise sampler; the cluster ranges are its own
+  (`NoiseSampler.cluster_ranges`), in its `units`.
   """
   c = config
   s = c.curriculum.study
   n_clusters = int(c.curriculum.num_clusters)
   num_steps, every = int(s.num_steps), int(s.eval_every)
-  if sampler is None:
-    from jaxdiff import objectives
-    sampler = objectives.get(c.objective.name).noise_sampler(c)
   units, kind = sampler.units, cluster_kind(c, sampler)
   curves = np.stack(curves, axis=1)  # [N, K]
   eval_steps = np.asarray(eval_steps)
@@ -263,18 +256,7 @@ def convergence_report(config, eval_steps, curves, num_probe: int, out_dir: str,
   bounds = sampler.cluster_ranges(n_clusters)  # in the sampler's units and number type
   ranges = np.asarray(bounds, np.float64)  # [N, 2]
   lo_key, hi_key = f"{units}_lo", f"{units}_hi"
-  rows = []
-  for i, (lo, hi) in enumerate(bounds):
-    rows.append({
-        "cluster": i,
-        lo_key: lo,
-        hi_key: hi,
-        "loss_initial": float(curves[i, 0]),
-        "loss_final": float(curves[i, -1]),
-        "final_over_initial": float(curves[i, -1] / curves[i, 0]),
-        "iters_first": int(eval_steps[first[i]]),
-        "iters_stay": int(eval_steps[stay[i]]),
-    })
+  rows = _cluster_rows(bounds, lo_key, hi_key, curves, eval_steps[first], eval_steps[stay])
   header = list(rows[0])
   _write_csv(os.path.join(out_dir, "convergence.csv"), header, rows)
   _write_markdown(
@@ -293,8 +275,8 @@ def convergence_report(config, eval_steps, curves, num_probe: int, out_dir: str,
         r["iters_stay"]] for r in rows])
   np.savez_compressed(os.path.join(out_dir, "convergence_curves.npz"), steps=eval_steps,
                       curves=curves, ranges=ranges, units=np.asarray(units))
-  _plot_convergence(os.path.join(out_dir, "convergence.png"), eval_steps, curves, ranges,
-                    rows, units, bool(sampler.log_units))
+  study_plots.plot_convergence(os.path.join(out_dir, "convergence.png"), eval_steps, curves,
+                               ranges, rows, units, bool(sampler.log_units))
   quarter = max(1, n_clusters // 4)
   low = float(np.mean([r["iters_stay"] for r in rows[:quarter]]))
   high = float(np.mean([r["iters_stay"] for r in rows[-quarter:]]))
@@ -330,39 +312,6 @@ def _average_ranks(x):
     tied = x == value
     ranks[tied] = ranks[tied].mean()
   return ranks
-
-
-def _plot_convergence(path, steps, curves, ranges, rows, units, log_units):
-  from matplotlib import cm
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-  n = curves.shape[0]
-  fig = Figure(figsize=(11, 4))
-  FigureCanvasAgg(fig)
-  ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-  colors = cm.viridis(np.linspace(0, 1, n))
-  for i in range(n):
-    ax1.semilogy(steps, curves[i] / curves[i, -1], color=colors[i],
-                 label=f"{i}" if i in (0, n // 2, n - 1) else None)
-  ax1.axhline(1.0, color="k", lw=0.5)
-  ax1.set_xlabel("training step")
-  ax1.set_ylabel("probe loss / final probe loss")
-  ax1.set_title("per-cluster convergence (0 = lowest noise)")
-  ax1.legend(title="cluster", fontsize=8)
-  if log_units:
-    mid = np.sqrt(np.maximum(ranges[:, 0], 1e-3) * np.minimum(ranges[:, 1], 1e3))
-    plot, where = ax2.semilogx, "geometric middle"
-  else:
-    mid, plot, where = ranges.mean(axis=1), ax2.plot, "middle"
-  plot(mid, [r["iters_first"] for r in rows], "o-", label="first within (1+eps)")
-  plot(mid, [r["iters_stay"] for r in rows], "s--", label="within (1+eps) for good")
-  ax2.set_xlabel(f"cluster {units} ({where})")
-  ax2.set_ylabel("iterations")
-  ax2.set_title("iterations to converge per cluster")
-  ax2.grid(True, which="both", alpha=0.3)
-  ax2.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
 
 
 def report(kl, conv, out_dir) -> str:

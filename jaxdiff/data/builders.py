@@ -37,6 +37,8 @@ from jaxdiff.errors import DatasetFormatError  # noqa: F401  (raised here, and b
 VERSION = "1.0.0"
 # Bumped if the on-disk layout changes; the reader refuses other values.
 FORMAT = "jaxdiff-image-v1"
+# Latents of an autoencoder (jaxdiff.data.latents): float32 posterior moments.
+LATENT_FORMAT = "jaxdiff-latent-v1"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 
 Example = tuple[str, dict[str, Any]]
@@ -57,11 +59,14 @@ class ImageDatasetInfo:
   # ordering keys over tfds' 128-bit key space, so its on-disk sort buckets
   # stay small instead of holding the whole dataset in one bucket in memory.
   num_examples_hint: int = 0
+  # "uint8" pixels, or "float32" for latents (then `extra` says what the channels hold).
+  dtype: str = "uint8"
+  extra: tuple[tuple[str, Any], ...] = ()
 
   def metadata(self) -> dict:
-    return {"format": FORMAT, "name": self.name, "shape": list(self.shape),
-            "num_classes": int(self.num_classes), "source": self.source,
-            "transform": self.transform}
+    return {"format": FORMAT if self.dtype == "uint8" else LATENT_FORMAT, "name": self.name,
+            "shape": list(self.shape), "num_classes": int(self.num_classes),
+            "source": self.source, "transform": self.transform, **dict(self.extra)}
 
 
 def split_name(name: str) -> tuple[str, str | None]:
@@ -102,7 +107,8 @@ def _base_builder():
           builder=self,
           description=self._jd_info.description or f"{self._jd_info.name} prepared by jaxdiff",
           features=tfds.features.FeaturesDict({
-              "image": tfds.features.Tensor(shape=(h, w, c), dtype=np.uint8,
+              "image": tfds.features.Tensor(shape=(h, w, c),
+                                            dtype=np.dtype(self._jd_info.dtype),
                                             encoding=tfds.features.Encoding.BYTES),
               "label": tfds.features.Scalar(dtype=np.int64),
           }),
@@ -129,17 +135,24 @@ def _base_builder():
           raise DatasetFormatError(
               f"The source yields more than {bound} examples, twice the announced "
               f"{self._jd_info.num_examples_hint}; pass a larger num_examples_hint.")
-        yield index << shift, check_example(name, example, shape, num_classes)
+        yield index << shift, check_example(name, example, shape, num_classes,
+                                            self._jd_info.dtype)
 
   return ImageDatasetBuilder
 
 
-def check_example(key: str, example: dict, shape: tuple[int, ...], num_classes: int) -> dict:
+def check_example(key: str, example: dict, shape: tuple[int, ...], num_classes: int,
+                  dtype: str = "uint8") -> dict:
   """The example as the builder stores it; a clear error for a wrong shape, dtype or label."""
   image = example.get("image")
   if not isinstance(image, np.ndarray):
     raise DatasetFormatError(f"Example {key!r}: 'image' must be a numpy array, got "
                              f"{type(image).__name__}.")
+  if dtype != "uint8":
+    if image.dtype != np.dtype(dtype) or tuple(image.shape) != tuple(shape):
+      raise DatasetFormatError(f"Example {key!r}: latents of shape {image.shape} and dtype "
+                               f"{image.dtype}; expected {tuple(shape)} {dtype}.")
+    return {"image": image, "label": int(example.get("label", 0))}
   if image.dtype != np.uint8:
     raise DatasetFormatError(
         f"Example {key!r}: image dtype is {image.dtype}, expected uint8 (values 0..255). Convert "

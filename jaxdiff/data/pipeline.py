@@ -18,7 +18,8 @@ from typing import Protocol
 
 import numpy as np
 
-from jaxdiff.data import builtin
+from jaxdiff.data import builtin, latents
+from jaxdiff.errors import ConfigError
 
 
 class RandomAccessDataset(Protocol):
@@ -146,11 +147,18 @@ class StepBatcher:
       indices = global_batch_indices(self.seed, step, self.global_batch_size,
                                      self.dataset.num_examples)[lo:hi]
       batch = self.dataset.get(indices)
+      flip = None
       if self.random_flip:
         # Drawn for the whole global batch, then sliced: a row's flip does not
         # depend on how many processes share the batch.
         flip = (np.random.default_rng([self.seed, step, 0xF11B]).random(self.global_batch_size)
                 < 0.5)[lo:hi]
+      if latents.is_latent_batch(batch):
+        # Posterior moments: a fresh draw per step (the mirror's moments where flipped).
+        eps = latents.posterior_eps(self.seed, step, self.global_batch_size,
+                                    self.dataset.example_shape, lo, hi)
+        batch = latents.posterior_sample(batch, flip, eps)
+      elif flip is not None:
         batch["image"] = np.where(flip[:, None, None, None], batch["image"][:, :, ::-1],
                                   batch["image"])
     if self.num_reference:
@@ -178,6 +186,9 @@ class StepBatcher:
       indices = global_batch_indices(self.seed, step, e, self.dataset.num_examples,
                                      stream=REFERENCE_STREAM)[rlo:rhi]
     drawn = self.dataset.get(indices)
+    if latents.is_latent_batch(drawn):
+      raise ConfigError("reference draws (STF's reference set) are not implemented for latent "
+                        "datasets; train this objective on an image dataset.")
     out = {"reference": drawn["image"]}
     if "label" in drawn:
       out["reference_label"] = drawn["label"]

@@ -48,6 +48,8 @@ def missing_message(name: str, data_dir: str, path: str) -> str:
 class TfdsImageDataset:
   """A prepared image dataset, read by index with `tfds` data sources (no TensorFlow)."""
 
+  FORMAT, DTYPE = builders.FORMAT, np.uint8
+
   def __init__(self, path: str, with_labels: bool, num_classes: int = 0):
     import tensorflow_datasets as tfds
     self.path = path
@@ -55,14 +57,16 @@ class TfdsImageDataset:
     features = builder.info.features
     self.metadata = _read_metadata(path)
     image = features["image"] if "image" in features else None
-    if (image is None or type(image).__name__ != "Tensor" or np.dtype(image.np_dtype) != np.uint8
-        or len(image.shape) != 3 or self.metadata.get("format") != builders.FORMAT):
+    if (image is None or type(image).__name__ != "Tensor"
+        or np.dtype(image.np_dtype) != self.DTYPE
+        or len(image.shape) != 3 or self.metadata.get("format") != self.FORMAT):
       raise builders.DatasetFormatError(
           f"{path} was not written by jaxdiff.prepare_data (features {features!r}, metadata "
-          f"format {self.metadata.get('format')!r}; expected a uint8 Tensor 'image' of rank 3 "
-          f"and format {builders.FORMAT!r}). Prepare it with `python -m jaxdiff.prepare_data`.")
-    self.example_shape = tuple(int(s) for s in image.shape)
-    if self.example_shape[-1] not in (1, 3):
+          f"format {self.metadata.get('format')!r}; expected a {np.dtype(self.DTYPE)} Tensor "
+          f"'image' of rank 3 and format {self.FORMAT!r}). Prepare it with `python -m "
+          "jaxdiff.prepare_data`.")
+    self.example_shape = self.stored_shape = tuple(int(s) for s in image.shape)
+    if self.DTYPE == np.uint8 and self.example_shape[-1] not in (1, 3):
       raise builders.DatasetFormatError(
           f"{path}: images have {self.example_shape[-1]} channels; expected 1 or 3.")
     self.dataset_num_classes = int(self.metadata.get("num_classes", 0))
@@ -80,15 +84,15 @@ class TfdsImageDataset:
     self.num_examples = len(self._source)
 
   def get_uint8(self, indices) -> dict[str, np.ndarray]:
-    """The raw examples: 'image' uint8 [N, H, W, C], 'label' int32 [N]."""
+    """The raw examples: 'image' uint8 [N, H, W, C] (float32 for latents), 'label' int32 [N]."""
     indices = [int(i) for i in np.asarray(indices).reshape(-1)]
     records = self._source.__getitems__(indices)
     images = np.stack([r["image"] for r in records]) if records else np.zeros(
-        (0,) + self.example_shape, np.uint8)
-    if images.dtype != np.uint8 or images.shape[1:] != self.example_shape:
+        (0,) + self.stored_shape, self.DTYPE)
+    if images.dtype != self.DTYPE or images.shape[1:] != self.stored_shape:
       raise builders.DatasetFormatError(
           f"{self.path}: read images of shape {images.shape[1:]} and dtype {images.dtype}; the "
-          f"dataset declares {self.example_shape} uint8.")
+          f"dataset declares {self.stored_shape} {np.dtype(self.DTYPE)}.")
     labels = np.asarray([r["label"] for r in records], np.int32)
     return {"image": images, "label": labels}
 
@@ -127,6 +131,18 @@ class TfdsImageDataset:
     return out
 
 
+class TfdsLatentSource(TfdsImageDataset):
+  """The float32 records of a latent dataset (jaxdiff.data.latents reads them)."""
+
+  FORMAT, DTYPE = builders.LATENT_FORMAT, np.float32
+
+  def get_raw(self, indices) -> dict[str, np.ndarray]:
+    out = self.get_uint8(indices)
+    if not self.with_labels:
+      del out["label"]
+    return out
+
+
 def _read_metadata(path: str) -> dict:
   meta_path = os.path.join(path, "metadata.json")
   if not os.path.exists(meta_path):
@@ -151,4 +167,8 @@ def open_dataset(data_config) -> TfdsImageDataset:
     else:
       raise MissingDatasetError(missing_message(name, data_dir, path))
   num_classes = int(data_config.num_classes)
+  if _read_metadata(path).get("format") == builders.LATENT_FORMAT:
+    from jaxdiff.data import latents
+    source = TfdsLatentSource(path, with_labels=num_classes > 0, num_classes=num_classes)
+    return latents.LatentDataset(source, source.metadata, path)
   return TfdsImageDataset(path, with_labels=num_classes > 0, num_classes=num_classes)

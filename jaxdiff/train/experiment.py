@@ -18,7 +18,7 @@ from jaxdiff import config as config_lib
 from jaxdiff import models, objectives, optim, parallel
 from jaxdiff.curriculum import settings as curriculum_settings
 from jaxdiff.curriculum.runtime import Curriculum
-from jaxdiff.data import pipeline
+from jaxdiff.data import latents, pipeline
 from jaxdiff.errors import ConfigError
 from jaxdiff.objectives import base
 from jaxdiff.train import compile as compile_lib
@@ -45,6 +45,8 @@ class Experiment:
     Curriculum.check_config(config, self.noise_sampler)
     check_batch_per_process(config.data.batch_size)
     self.dataset, self.example_shape = pipeline.make_dataset(config.data)
+    # Latent data: the autoencoder that turns samples into images (None: pixels already).
+    self.decoder = latents.output_decoder(config.data, self.dataset)
     self.num_classes = int(config.data.num_classes)
     self.model = models.build_model(config.model, image_shape=self.example_shape,
                                     num_classes=self.num_classes)

@@ -48,6 +48,17 @@ def make_sample_fn(exp):
   return jax.jit(sample, out_shardings=shard), shard
 
 
+def decoded_sampler(sampler: Callable, decoder) -> Callable:
+  """A per-seed sampler whose images are decoded by `decoder` (a latent dataset's
+  autoencoder); it takes params {"model": ..., "autoencoder": ...} so the autoencoder's
+  weights are arguments of the jitted generator, not constants baked into it."""
+  decode = decoder.decode_fn()
+
+  def sample(params, latents, labels, keys):
+    return decode(params["autoencoder"], sampler(params["model"], latents, labels, keys))
+  return sample
+
+
 def per_seed_sampler(objective, sample_config) -> Callable:
   """(params, latents[B], labels[B] | None, keys[B]) -> images[B], one sample per seed.
 
@@ -74,7 +85,9 @@ def per_seed_sampler(objective, sample_config) -> Callable:
 
 
 def generate(exp, params, num_samples: int, seed: int = 0) -> np.ndarray:
-  """num_samples samples as a host numpy array; latents are a function of `seed` only."""
+  """num_samples samples as a host numpy array; latents are a function of `seed` only.
+
+  On a latent dataset the samples are decoded into images (`exp.decoder`)."""
   sample_fn, shard = make_sample_fn(exp)
   n_dev = exp.mesh.size
   padded = -(-num_samples // n_dev) * n_dev
@@ -84,7 +97,8 @@ def generate(exp, params, num_samples: int, seed: int = 0) -> np.ndarray:
   out = sample_fn(params, latents, jax.random.fold_in(key, 1))
   if jax.process_count() > 1:
     out = multihost_utils.process_allgather(out, tiled=True)
-  return np.asarray(jax.device_get(out))[:num_samples]
+  out = np.asarray(jax.device_get(out))[:num_samples]
+  return exp.decoder.decode(out) if exp.decoder is not None else out
 
 
 def save_sample_outputs(config, samples: np.ndarray, directory: str, stem: str,

@@ -132,15 +132,21 @@ def make_train_step(objective: base.Objective, tx: optax.GradientTransformation,
     new = new.replace(nonfinite_steps=state.nonfinite_steps + skipped,
                       nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1))
 
-    per_sample, sigma = metrics.pop("per_sample_loss", None), metrics.pop("sigma", None)
     out = {"loss": loss, "grad_norm": optax.tree.norm(grads), "ema_decay": decay,
            "nonfinite_steps": new.nonfinite_steps, "nonfinite_streak": new.nonfinite_streak}
-    out.update(metrics)
-    out.update(aux_metrics)
-    if bucket_edges is not None and per_sample is not None and sigma is not None:
-      out.update(bucket_metrics(per_sample, sigma, bucket_edges))
-    if monitored is not None and per_sample is not None and sigma is not None:
-      out.update(monitored_metrics(per_sample, sigma, monitored))
-    return new, out
+    return new, {**out, **step_metrics(metrics, aux_metrics, bucket_edges, monitored)}
 
   return train_step
+
+
+def step_metrics(metrics: dict, aux_metrics: dict, bucket_edges, monitored) -> dict:
+  """The objective's scalars, and from its per-example losses the loss-by-noise-level
+  buckets and the curriculum's monitored loss (the per-example arrays are not logged)."""
+  per_sample, sigma = metrics.pop("per_sample_loss", None), metrics.pop("sigma", None)
+  out = {**metrics, **aux_metrics}
+  if per_sample is not None and sigma is not None:
+    if bucket_edges is not None:
+      out.update(bucket_metrics(per_sample, sigma, bucket_edges))
+    if monitored is not None:
+      out.update(monitored_metrics(per_sample, sigma, monitored))
+  return out
