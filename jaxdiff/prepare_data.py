@@ -172,12 +172,12 @@ def main(argv):
   except (ValueError, FileNotFoundError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
-  name = f.name or f.dataset
+  name = images = f.name or f.dataset
   if f.encode_with:
-    name = f.latent_name or f"{name}_latents"
+    name = f.latent_name or f"{images}_latents"
     try:
-      path = encode(name, f.name or f.dataset, data_dir, f.encode_with, f.scale_factor,
-                    f.latent_flip, f.overwrite)
+      path = encode(name, images, data_dir, f.encode_with, f.scale_factor, f.latent_flip,
+                    f.overwrite)
     except (ValueError, FileNotFoundError, ImportError) as e:
       print(f"error: {e}", file=sys.stderr, flush=True)
       sys.exit(2)

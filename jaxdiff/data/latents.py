@@ -15,8 +15,10 @@ Three pieces, one idea each:
                    DiT's `vae.encode(x).latent_dist.sample() * 0.18215` every step, with the
                    mirror's moments for rows the random flip picks (DiT flips the image
                    before encoding);
-  Autoencoder      the converted network: `moments` for encoding, `decode` (latents / scale
-                   -> images in [-1, 1]) for sample grids, `--mode=sample` and FID.
+  Autoencoder      the converted network: `encode_fn` for encoding, `decode_fn` (latents /
+                   scale -> images in [-1, 1]), which the samplers of sample grids,
+                   `--mode=sample` and FID apply inside their jitted programs
+                   (train/samples.py `decoded`).
 
 Latents never pass through uint8: they are float32 on disk and in the batch.
 """
@@ -71,18 +73,6 @@ class Autoencoder:
     def decode(params, z):
       return module.apply({"params": params}, z / s, method="decode")
     return decode
-
-  def decode(self, z: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Host latents [N, h, w, c] -> host images [N, H, W, 3] in [-1, 1], batch by batch."""
-    fn = _jitted(self.decode_fn())
-    parts = [np.asarray(fn(self.params, jnp.asarray(z[i:i + batch_size])))
-             for i in range(0, len(z), batch_size)]
-    return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
-
-
-@functools.lru_cache(maxsize=8)
-def _jitted(fn):
-  return jax.jit(fn)
 
 
 @functools.lru_cache(maxsize=2)

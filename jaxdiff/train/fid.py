@@ -14,22 +14,18 @@ from jaxdiff.train import samples
 
 def make_evaluator(exp, workdir: str | None = None):
   """(params, step, weights) -> FID record; on latent data the samples are decoded first."""
-  sampler = samples.per_seed_sampler(exp.objective, exp.config.sample)
-  if exp.decoder is None:
-    return fid_evaluator.FIDEvaluator(exp.config, sampler, exp.mesh, exp.example_shape,
-                                      dataset=exp.dataset, workdir=workdir)
-  if not exp.config.eval.reference_stats:
+  if exp.decoder is not None and not exp.config.eval.reference_stats:
     raise ConfigError(
         "FID on a latent dataset compares decoded images with the images' Inception "
         "statistics, which the latents cannot give: set --config.eval.reference_stats=FILE "
         "(e.g. the statistics of the image dataset the latents were encoded from).")
+  sampler = samples.decoded(exp, samples.per_seed_sampler(exp.objective, exp.config.sample))
   evaluator = fid_evaluator.FIDEvaluator(
-      exp.config, samples.decoded_sampler(sampler, exp.decoder), exp.mesh, exp.example_shape,
-      dataset=None, workdir=workdir)
-  vae_params = exp.decoder.params
+      exp.config, sampler, exp.mesh, exp.example_shape,
+      dataset=exp.dataset if exp.decoder is None else None, workdir=workdir)
 
   def evaluate(params, step: int, weights: str) -> dict:
-    return evaluator({"model": params, "autoencoder": vae_params}, step, weights)
+    return evaluator(samples.sampler_params(exp, params), step, weights)
   return evaluate
 
 

@@ -36,7 +36,8 @@ def random_labels(key, batch: int, num_classes: int, dtype=jnp.float32):
 
 
 def make_sample_fn(exp):
-  """(params, latents, key) -> samples, jitted and sharded over the batch axes."""
+  """(params, latents, key) -> samples, jitted and sharded over the batch axes; params are
+  `sampler_params(exp, weights)` (decoded images on latent data)."""
   objective, sample_config, num_classes = exp.objective, exp.config.sample, exp.num_classes
 
   def sample(params, latents, key):
@@ -45,18 +46,27 @@ def make_sample_fn(exp):
     return objective.sample(params, latents, labels, k_noise, sample_config)
 
   shard = parallel.batch_sharding(exp.mesh, 1 + len(exp.example_shape))
-  return jax.jit(sample, out_shardings=shard), shard
+  return jax.jit(decoded(exp, sample), out_shardings=shard), shard
 
 
-def decoded_sampler(sampler: Callable, decoder) -> Callable:
-  """A per-seed sampler whose images are decoded by `decoder` (a latent dataset's
-  autoencoder); it takes params {"model": ..., "autoencoder": ...} so the autoencoder's
-  weights are arguments of the jitted generator, not constants baked into it."""
-  decode = decoder.decode_fn()
+def decoded(exp, sampler: Callable) -> Callable:
+  """`sampler` (params first), whose output a latent dataset's autoencoder decodes into
+  images; then it takes `sampler_params(exp, params)`, so the autoencoder's weights are
+  arguments of the jitted program, not constants baked into it. Pixel data: `sampler`."""
+  if exp.decoder is None:
+    return sampler
+  decode = exp.decoder.decode_fn()
 
-  def sample(params, latents, labels, keys):
-    return decode(params["autoencoder"], sampler(params["model"], latents, labels, keys))
+  def sample(params, *args):
+    return decode(params["autoencoder"], sampler(params["model"], *args))
   return sample
+
+
+def sampler_params(exp, params):
+  """The params argument of a `decoded` sampler."""
+  if exp.decoder is None:
+    return params
+  return {"model": params, "autoencoder": exp.decoder.params}
 
 
 def per_seed_sampler(objective, sample_config) -> Callable:
@@ -87,18 +97,17 @@ def per_seed_sampler(objective, sample_config) -> Callable:
 def generate(exp, params, num_samples: int, seed: int = 0) -> np.ndarray:
   """num_samples samples as a host numpy array; latents are a function of `seed` only.
 
-  On a latent dataset the samples are decoded into images (`exp.decoder`)."""
+  On a latent dataset the samples are decoded into images inside the sampler (`decoded`)."""
   sample_fn, shard = make_sample_fn(exp)
   n_dev = exp.mesh.size
   padded = -(-num_samples // n_dev) * n_dev
   key = jax.random.PRNGKey(seed)
   latents = jax.random.normal(jax.random.fold_in(key, 0), (padded,) + tuple(exp.example_shape))
   latents = jax.device_put(latents, shard)
-  out = sample_fn(params, latents, jax.random.fold_in(key, 1))
+  out = sample_fn(sampler_params(exp, params), latents, jax.random.fold_in(key, 1))
   if jax.process_count() > 1:
     out = multihost_utils.process_allgather(out, tiled=True)
-  out = np.asarray(jax.device_get(out))[:num_samples]
-  return exp.decoder.decode(out) if exp.decoder is not None else out
+  return np.asarray(jax.device_get(out))[:num_samples]
 
 
 def save_sample_outputs(config, samples: np.ndarray, directory: str, stem: str,

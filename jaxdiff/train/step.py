@@ -54,15 +54,20 @@ def loss_bucket_edges(num_buckets: int, noise_sampler: base.NoiseSampler) -> np.
   return noise_sampler.quantiles(np.arange(1, num_buckets) / num_buckets)
 
 
+def masked_mean(values, mask):
+  """(mean of `values` where `mask`, how many): 0 for the mean of none."""
+  weights = mask.astype(values.dtype)
+  count = jnp.sum(weights)
+  return jnp.sum(values * weights) / jnp.maximum(count, 1.0), count
+
+
 def bucket_metrics(per_sample_loss, sigma, edges: np.ndarray) -> dict[str, jax.Array]:
   """Mean loss per noise-level bucket (NaN for a bucket with no sample this step)."""
   idx = jnp.digitize(sigma, jnp.asarray(edges, sigma.dtype))
   out = {}
   bounds = [0.0] + [float(e) for e in edges] + [float("inf")]
   for b in range(len(edges) + 1):
-    in_b = (idx == b).astype(per_sample_loss.dtype)
-    total = jnp.sum(in_b)
-    mean = jnp.sum(per_sample_loss * in_b) / jnp.maximum(total, 1.0)
+    mean, total = masked_mean(per_sample_loss, idx == b)
     out[f"loss_by_sigma/{b:02d}_{bounds[b]:.3g}-{bounds[b + 1]:.3g}"] = jnp.where(
         total > 0, mean, jnp.nan)
   return out
@@ -72,9 +77,7 @@ def monitored_metrics(per_sample_loss, sigma, monitored: base.NoiseSampler):
   """The loss over the examples whose noise levels lie in `monitored`'s enabled clusters
   (the curriculum's newest cluster), and how many there were: what the patience rule
   watches with `curriculum.monitor="newest_cluster"` (docs/curriculum.md#pacing)."""
-  inside = monitored.in_enabled_clusters(sigma).astype(per_sample_loss.dtype)
-  count = jnp.sum(inside)
-  mean = jnp.sum(per_sample_loss * inside) / jnp.maximum(count, 1.0)
+  mean, count = masked_mean(per_sample_loss, monitored.in_enabled_clusters(sigma))
   return {"loss_newest_cluster": mean, "newest_cluster_count": count}
 
 
